@@ -1,0 +1,41 @@
+# Thin targets over the scripts and playbooks; each says what it is for.
+SHELL := /bin/bash
+VENV := $(CURDIR)/.venv
+export PATH := $(VENV)/bin:$(PATH)
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+export ANSIBLE_FORCE_COLOR ?= true
+
+.PHONY: help setup venv engine image lab lab-destroy lint test lock bench
+
+help: ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+venv: ## Create .venv from the pins (fast when nothing changed)
+	@bash scripts/setup-venv.sh
+
+engine: ## Make sure a Docker engine answers, installing and starting one if needed
+	@bash scripts/ensure-engine.sh
+
+setup: venv engine ## Everything the other targets need on this machine
+
+image: setup ## Build (or reuse) the Debian 12 and 13 host images
+	ansible-playbook playbooks/lab_image.yml
+
+lab: setup ## Bring up the lab, provision it and deploy the default release
+	ansible-playbook playbooks/lab.yml
+	@bash scripts/lab-summary.sh
+
+lab-destroy: venv ## Remove the lab's containers, network, volumes and keys
+	ansible-playbook playbooks/lab_destroy.yml
+
+lint: venv ## ansible-lint (production profile), yamllint and a syntax check of every playbook
+	bash scripts/lint.sh
+
+test: setup image lint ## The whole test suite, from a clean clone
+	pytest
+
+bench: setup image ## Timings of setup, image and lab (JSON)
+	python benchmarks/foundation.py
+
+lock: ## Re-pin constraints.txt from requirements.txt (needs PyPI)
+	bash scripts/lock.sh

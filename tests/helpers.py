@@ -1,0 +1,74 @@
+"""Helpers the tests share: run playbooks and molecule the way a user would, and read their results."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+VENV_BIN = REPO / ".venv" / "bin"
+
+_RECAP = re.compile(
+    r"^(?P<host>\S+)\s+:\s+ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+unreachable=(?P<unreachable>\d+)"
+    r"\s+failed=(?P<failed>\d+)",
+    re.MULTILINE,
+)
+
+
+@dataclass
+class Run:
+    """A finished command with its combined output."""
+
+    args: list[str]
+    returncode: int
+    output: str
+
+    def recap(self) -> dict[str, dict[str, int]]:
+        """The PLAY RECAP counters per host."""
+        return {
+            m["host"]: {k: int(m[k]) for k in ("ok", "changed", "unreachable", "failed")}
+            for m in _RECAP.finditer(self.output)
+        }
+
+    def changed(self) -> int:
+        return sum(counts["changed"] for counts in self.recap().values())
+
+    def check(self) -> "Run":
+        assert self.returncode == 0, f"{' '.join(self.args)} failed ({self.returncode}):\n{self.output[-6000:]}"
+        return self
+
+
+def env(**extra: str) -> dict[str, str]:
+    """The environment a user gets from the Makefile: the venv first on PATH, the repo's ansible.cfg."""
+    result = dict(os.environ)
+    result["PATH"] = f"{VENV_BIN}:{result.get('PATH', '')}"
+    result["ANSIBLE_CONFIG"] = str(REPO / "ansible.cfg")
+    result["ANSIBLE_NOCOLOR"] = "1"
+    result.pop("ANSIBLE_FORCE_COLOR", None)
+    result.update(extra)
+    return result
+
+
+def run(args: list[str], cwd: Path = REPO, timeout: int = 1800, **extra_env: str) -> Run:
+    proc = subprocess.run(
+        args,
+        cwd=cwd,
+        env=env(**extra_env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    return Run(args=args, returncode=proc.returncode, output=proc.stdout)
+
+
+def playbook(path: str, *args: str, extra_vars: dict[str, object] | None = None, **extra_env: str) -> Run:
+    cmd = [str(VENV_BIN / "ansible-playbook"), path, *args]
+    if extra_vars:
+        cmd += ["-e", json.dumps(extra_vars)]
+    return run(cmd, **extra_env)

@@ -1,0 +1,72 @@
+"""The repository's shape: thin entry points, the config that the rest relies on, the same inventory shape."""
+
+from __future__ import annotations
+
+import configparser
+
+import pytest
+import yaml
+
+from helpers import REPO
+
+ENTRY_POINTS = ["site.yml", "deploy.yml", "rollback.yml"]
+
+
+@pytest.mark.parametrize("name", ENTRY_POINTS)
+def test_entry_points_only_import_playbooks(name: str) -> None:
+    plays = yaml.safe_load((REPO / name).read_text())
+    assert plays, f"{name} is empty"
+    for play in plays:
+        assert set(play) == {"ansible.builtin.import_playbook"}, f"{name}: {play}"
+        assert (REPO / play["ansible.builtin.import_playbook"]).exists()
+        assert play["ansible.builtin.import_playbook"].startswith("playbooks/")
+
+
+def test_ansible_cfg_settings_the_project_relies_on() -> None:
+    cfg = configparser.ConfigParser()
+    cfg.read(REPO / "ansible.cfg")
+    defaults = cfg["defaults"]
+    assert defaults["inventory"] == "./inventories/local"
+    assert defaults["roles_path"] == "./roles"
+    assert defaults.getboolean("inject_facts_as_vars") is False
+    assert defaults.getboolean("host_key_checking") is True
+    assert defaults["fact_caching"] == "jsonfile"
+    ssh = cfg["ssh_connection"]
+    assert ssh.getboolean("pipelining") is True
+    assert "ControlPersist" in ssh["ssh_args"]
+
+
+@pytest.mark.parametrize("env", ["staging", "prod"])
+def test_aws_inventories_key_groups_on_tags(env: str) -> None:
+    config = yaml.safe_load((REPO / "inventories" / env / "aws_ec2.yml").read_text())
+    assert config["plugin"] == "amazon.aws.aws_ec2"
+    assert config["filters"]["tag:fleetdeploy_environment"] == env
+
+
+def test_every_inventory_has_the_same_group_vars_shape() -> None:
+    shapes = {
+        env: sorted(p.relative_to(REPO / "inventories" / env).as_posix()
+                    for p in (REPO / "inventories" / env / "group_vars").rglob("*.yml")
+                    if p.parent.name != "all" or p.name != "connection.yml")
+        for env in ("local", "staging", "prod")
+    }
+    assert shapes["staging"] == shapes["prod"]
+    assert shapes["local"] == shapes["prod"]
+
+
+def test_requirements_pin_the_collections_the_ansible_package_bundles() -> None:
+    import json
+    import subprocess
+
+    listed = subprocess.run(
+        [str(REPO / ".venv/bin/ansible-galaxy"), "collection", "list", "--format", "json"],
+        capture_output=True, text=True, check=True,
+    ).stdout
+    bundled: dict[str, str] = {}
+    for collections in json.loads(listed).values():
+        for name, info in collections.items():
+            bundled.setdefault(name, info["version"])
+    required = yaml.safe_load((REPO / "requirements.yml").read_text())["collections"]
+    for entry in required:
+        assert entry["name"] in bundled, entry["name"]
+        assert entry["version"] == bundled[entry["name"]], entry
