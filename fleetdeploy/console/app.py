@@ -1,0 +1,364 @@
+"""The web application: middleware, who-is-asking, the JSON API and the event stream.
+
+The HTML pages live in pages.py; both call service.Console for anything that decides or stores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from fleetdeploy.console.config import Config
+from fleetdeploy.console.db import ApiToken, AuditEntry, JobEvent, now
+from fleetdeploy.console.jobs import FINAL, Subscriber
+from fleetdeploy.console.security import TOKEN_ROLES, Principal, same
+from fleetdeploy.console.service import Console, ConsoleError
+
+log = logging.getLogger(__name__)
+HERE = Path(__file__).resolve().parent
+COOKIE = "fd_session"
+_PING_SECONDS = 15.0
+
+
+class BodyLimit:
+    """Refuse request bodies over `limit` bytes with 413, whether or not Content-Length says so."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            await _too_large(self.limit, send)
+            return
+        seen = 0
+
+        async def limited() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge()
+            return message
+
+        try:
+            await self.app(scope, limited, send)
+        except _TooLarge:
+            await _too_large(self.limit, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _too_large(limit: int, send: Send) -> None:
+    body = json.dumps({"detail": f"request body over {limit} bytes"}).encode()
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def client_ip(request: Request) -> str:
+    return request.client.host if request.client else "-"
+
+
+def console_of(request: Request) -> Console:
+    return request.app.state.console  # type: ignore[no-any-return]
+
+
+def who_is_asking(request: Request) -> Principal | None:
+    """A bearer token (CI) or the session cookie (browser); None when neither is valid."""
+    console = console_of(request)
+    auth = request.headers.get("authorization", "")
+    if auth.lower().startswith("bearer "):
+        return console.principal_from_token(auth[7:].strip())
+    return console.principal_from_cookie(request.cookies.get(COOKIE))
+
+
+def api_principal(request: Request) -> Principal:
+    who = who_is_asking(request)
+    if who is None:
+        raise ConsoleError(401, "sign in or send 'Authorization: Bearer <token>'")
+    if request.method not in ("GET", "HEAD", "OPTIONS") and not who.via_token:
+        # A browser session changing state must prove it came from our own page.
+        sent = request.headers.get("x-csrf-token", "")
+        if not who.csrf or not same(sent, who.csrf):
+            raise ConsoleError(403, "missing or wrong X-CSRF-Token header")
+    return who
+
+
+def viewer(who: Principal = Depends(api_principal)) -> Principal:
+    if not who.at_least("viewer"):
+        raise ConsoleError(403, f"{who.name} may only post alerts")
+    return who
+
+
+def admin(who: Principal = Depends(api_principal)) -> Principal:
+    if not who.at_least("admin"):
+        raise ConsoleError(403, f"{who.name} ({who.role}) is not an admin")
+    return who
+
+
+class JobRequest(BaseModel):
+    environment: str = Field(description="An environment (inventory) name, e.g. staging", max_length=64)
+    action: str = Field(description="deploy, rollback, provision or an action the admin registered", max_length=64)
+    release: str | None = Field(None, description="Image tag; must exist in the registry", max_length=128)
+    extra_vars: dict[str, Any] = Field(default_factory=dict, description="Validated against the action's schema")
+
+
+class TokenRequest(BaseModel):
+    name: str = Field(min_length=1, max_length=64)
+    role: str = Field(description=f"one of {', '.join(TOKEN_ROLES)}")
+    environments: list[str] | None = Field(None, description="None: every environment")
+
+
+api = APIRouter(prefix="/api")
+
+
+@api.get("/me", summary="Who the request is authenticated as")
+def me(who: Principal = Depends(api_principal)) -> dict[str, Any]:
+    return {"name": who.name, "role": who.role, "environments": who.environments, "token": who.via_token}
+
+
+@api.get("/environments", summary="Environments (inventories) this principal sees")
+def environments(request: Request, who: Principal = Depends(viewer)) -> list[dict[str, Any]]:
+    console = console_of(request)
+    return [{"name": e.name, "description": e.description, "running": console.jobs.busy_job(e.name),
+             "may_launch": who.may("deployer", e.name)}
+            for e in console.config.environments.values() if who.sees(e.name)]
+
+
+@api.get("/actions", summary="Actions (playbooks), their release source and extra-vars schema")
+def actions(request: Request, who: Principal = Depends(viewer)) -> list[dict[str, Any]]:
+    return [{"name": a.name, "description": a.description, "playbook": a.playbook.name, "role": a.role,
+             "release": {"variable": a.release.variable, "repository": a.release.repository,
+                         "required": a.release.required} if a.release else None,
+             "extra_vars_schema": a.extra_vars_schema}
+            for a in console_of(request).config.actions.values()]
+
+
+@api.get("/releases", summary="The tags the registry holds for an action's repository")
+def releases(request: Request, action: str, who: Principal = Depends(viewer)) -> dict[str, Any]:
+    console = console_of(request)
+    act = console.config.actions.get(action)
+    if act is None:
+        raise ConsoleError(422, f"unknown action {action!r}")
+    return {"action": action, "tags": console.releases(act, fresh=True)}
+
+
+@api.post("/jobs", status_code=201, summary="Launch a job; 409 with who runs what if the environment is busy")
+def create_job(body: JobRequest, request: Request, who: Principal = Depends(viewer)) -> dict[str, Any]:
+    console = console_of(request)
+    req = console.validate_launch(who, body.environment, body.action, body.release, body.extra_vars)
+    job_id = console.launch(who, req, client_ip(request))
+    return {"id": job_id, "url": f"/jobs/{job_id}", "events": f"/api/jobs/{job_id}/events"}
+
+
+@api.get("/jobs", summary="Job history, newest first, with filters")
+def list_jobs(request: Request, environment: str | None = None, action: str | None = None,
+              status: str | None = None, user: str | None = None, before: int | None = None,
+              limit: int = Query(50, ge=1, le=500), who: Principal = Depends(viewer)) -> list[dict[str, Any]]:
+    return console_of(request).list_jobs(who, environment, action, status, user, before, limit)
+
+
+@api.get("/jobs/{job_id}", summary="Status, per-host results, the grid and the recap")
+def get_job(job_id: int, request: Request, who: Principal = Depends(viewer)) -> dict[str, Any]:
+    return console_of(request).job(who, job_id)
+
+
+@api.post("/jobs/{job_id}/cancel", summary="Stop the job's whole process group")
+def cancel_job(job_id: int, request: Request, who: Principal = Depends(viewer)) -> dict[str, Any]:
+    return console_of(request).cancel(who, job_id, client_ip(request))
+
+
+def _sse(msg: dict[str, Any]) -> str:
+    head = f"id: {msg['id']}\n" if msg.get("type") == "event" else ""
+    return f"{head}data: {json.dumps(msg, separators=(',', ':'))}\n\n"
+
+
+@api.get("/jobs/{job_id}/events", summary="Server-sent events: a snapshot, then every event as it happens",
+         response_class=StreamingResponse)
+async def job_events(job_id: int, request: Request, last_event_id: int | None = Header(None),
+                     after: int = Query(0, ge=0), who: Principal = Depends(viewer)) -> StreamingResponse:
+    console = console_of(request)
+    job = await asyncio.to_thread(console.job, who, job_id)
+    start = max(after, last_event_id or 0)
+    cookie = request.cookies.get(COOKIE)
+
+    async def still_signed_in() -> bool:
+        if who.via_token:
+            return True
+        return await asyncio.to_thread(console.principal_from_cookie, cookie) is not None
+
+    async def stream() -> AsyncIterator[str]:
+        yield "retry: 2000\n\n"
+        yield _sse({"type": "snapshot", "job": {k: v for k, v in job.items() if k != "grid"}, "grid": job["grid"]})
+        live = console.jobs.live.get(job_id)
+        if live is None or job["status"] in FINAL:
+            rows = await asyncio.to_thread(_stored_events, console, job_id, start)
+            for i in range(0, len(rows), 200):
+                yield "".join(_sse(m) for m in rows[i:i + 200])
+            yield _sse({"type": "end"})
+            return
+        sub = Subscriber(asyncio.get_running_loop(), asyncio.Queue())
+        backlog = live.subscribe(sub, start)
+        try:
+            if backlog:
+                yield "".join(_sse(m) for m in backlog)
+            if any(m["type"] == "end" for m in backlog):
+                return
+            while True:
+                try:
+                    msg = await asyncio.wait_for(sub.queue.get(), _PING_SECONDS)
+                except TimeoutError:
+                    if not await still_signed_in():
+                        yield _sse({"type": "error", "detail": "signed out"})
+                        return
+                    yield ": ping\n\n"
+                    continue
+                if msg is None:
+                    return
+                # Hand over everything already queued in one write: far fewer syscalls under load.
+                batch = [msg]
+                while not sub.queue.empty() and len(batch) < 500:
+                    nxt = sub.queue.get_nowait()
+                    if nxt is None:
+                        break
+                    batch.append(nxt)
+                yield "".join(_sse(m) for m in batch)
+                if any(m["type"] == "end" for m in batch):
+                    return
+        finally:
+            live.unsubscribe(sub)
+
+    return StreamingResponse(stream(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
+
+
+def _stored_events(console: Console, job_id: int, after: int) -> list[dict[str, Any]]:
+    with console.sessions() as db:
+        rows = db.scalars(select(JobEvent.data).where(JobEvent.job_id == job_id, JobEvent.counter > after)
+                          .order_by(JobEvent.counter)).all()
+    return list(rows)
+
+
+@api.post("/alerts", summary="Alertmanager webhook receiver (token role alertmanager or admin)")
+async def alerts(request: Request, who: Principal = Depends(api_principal)) -> dict[str, Any]:
+    if who.role not in ("alertmanager", "admin"):
+        raise ConsoleError(403, f"{who.name} ({who.role}) may not post alerts")
+    try:
+        payload = json.loads(await request.body())
+    except ValueError as exc:
+        raise ConsoleError(422, f"body is not JSON: {exc}") from exc
+    if not isinstance(payload, dict):
+        raise ConsoleError(422, "not an Alertmanager webhook: the body must be an object")
+    return {"stored": await asyncio.to_thread(console_of(request).receive_alerts, payload)}
+
+
+@api.get("/audit", summary="The audit log, newest first (admin)")
+def audit(request: Request, actor: str | None = None, action: str | None = None,
+          limit: int = Query(100, ge=1, le=1000), who: Principal = Depends(admin)) -> list[dict[str, Any]]:
+    q = select(AuditEntry).order_by(AuditEntry.id.desc()).limit(limit)
+    if actor:
+        q = q.where(AuditEntry.actor == actor)
+    if action:
+        q = q.where(AuditEntry.action == action)
+    with console_of(request).sessions() as db:
+        return [{"at": a.at.isoformat(timespec="seconds"), "actor": a.actor, "action": a.action,
+                 "target": a.target, "detail": a.detail, "ip": a.ip} for a in db.scalars(q)]
+
+
+@api.post("/tokens", status_code=201, summary="Create an API token; the token is shown only in this answer")
+def create_token(body: TokenRequest, request: Request, who: Principal = Depends(admin)) -> dict[str, Any]:
+    console = console_of(request)
+    if body.role not in TOKEN_ROLES:
+        raise ConsoleError(422, f"role must be one of {', '.join(TOKEN_ROLES)}")
+    unknown = set(body.environments or []) - set(console.config.environments)
+    if unknown:
+        raise ConsoleError(422, f"unknown environment(s): {', '.join(sorted(unknown))}")
+    with console.sessions() as db:
+        row, token = console.create_token(db, body.name, body.role, body.environments, who.name)
+        console.audit(db, who.name, "token_create", body.name, ip=client_ip(request), role=body.role)
+        db.commit()
+        return {"id": row.id, "name": row.name, "role": row.role, "environments": row.environments, "token": token}
+
+
+@api.delete("/tokens/{token_id}", summary="Revoke an API token")
+def revoke_token(token_id: int, request: Request, who: Principal = Depends(admin)) -> dict[str, Any]:
+    console = console_of(request)
+    with console.sessions() as db:
+        row = db.get(ApiToken, token_id)
+        if row is None:
+            raise ConsoleError(404, f"no token {token_id}")
+        row.revoked_at = row.revoked_at or now()
+        console.audit(db, who.name, "token_revoke", row.name, ip=client_ip(request))
+        db.commit()
+        return {"id": row.id, "revoked": True}
+
+
+def create_app(config: Config, console: Console | None = None) -> FastAPI:
+    from fleetdeploy.console import pages
+
+    console = console or Console(config)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        interrupted = await asyncio.to_thread(console.jobs.recover)
+        if interrupted:
+            log.warning("jobs %s were left running by a previous console: marked interrupted", interrupted)
+        await asyncio.to_thread(console.jobs.prune)
+        yield
+
+    app = FastAPI(title="fleetdeploy console", version="1", lifespan=lifespan,
+                  description="Launch fleetdeploy's playbooks and watch them host by host. "
+                              "Authenticate with `Authorization: Bearer <token>` (see `fleetdeploy-console create-token`).")
+    app.state.console = console
+
+    @app.exception_handler(ConsoleError)
+    async def refused(request: Request, exc: ConsoleError) -> Response:
+        if not request.url.path.startswith("/api/") and exc.status in (401, 403, 404, 409, 422, 429, 503):
+            return await pages.error_page(request, exc)
+        headers = {"Retry-After": str(exc.extra["retry_after"])} if "retry_after" in exc.extra else None
+        body = {"detail": exc.message, **{k: v for k, v in exc.extra.items() if k != "retry_after"}}
+        return JSONResponse(body, status_code=exc.status, headers=headers)
+
+    @app.middleware("http")
+    async def headers(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        response = await call_next(request)
+        response.headers.setdefault(
+            "Content-Security-Policy",
+            "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+            "frame-ancestors 'none'; form-action 'self'; base-uri 'none'")
+        if request.url.path in ("/docs", "/redoc"):
+            del response.headers["Content-Security-Policy"]  # the API explorer loads its own scripts
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("Referrer-Policy", "same-origin")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        return response
+
+    @app.get("/healthz", include_in_schema=False)
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    app.include_router(api)
+    app.include_router(pages.router)
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    app.add_middleware(BodyLimit, limit=config.max_body_bytes)
+    return app

@@ -1,0 +1,163 @@
+"""`fleetdeploy-console`: serve, create-user, create-token, migrate."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import os
+import sys
+from pathlib import Path
+
+from sqlalchemy import select
+
+from fleetdeploy.console import config as configmod
+from fleetdeploy.console.db import User, make_engine, migrate, session_factory
+from fleetdeploy.console.security import ROLES, TOKEN_ROLES, hash_password
+
+
+def _load(args: argparse.Namespace) -> configmod.Config:
+    path = args.config or os.environ.get("FLEETDEPLOY_CONSOLE_CONFIG")
+    try:
+        return configmod.load(Path(path) if path else None, database=args.database,
+                              data_dir=Path(args.data_dir) if args.data_dir else None)
+    except configmod.ConfigError as exc:
+        sys.exit(f"fleetdeploy-console: {exc}")
+
+
+def cmd_migrate(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    migrate(cfg.database)
+    print(f"database at the newest schema: {_safe_url(cfg.database)}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from fleetdeploy.console.app import create_app
+
+    cfg = _load(args)
+    configmod.scrub_environment(cfg)
+    cfg.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    migrate(cfg.database)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(cfg)
+    # proxy_headers: behind nginx with TLS, X-Forwarded-Proto makes session cookies Secure.
+    uvicorn.run(app, host=args.host, port=args.port, proxy_headers=True,
+                forwarded_allow_ips=args.forwarded_allow_ips, log_level=args.log_level, access_log=args.access_log)
+    return 0
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass(f"Password for {args.name}: ")
+        if getpass.getpass("Again: ") != password:
+            sys.exit("fleetdeploy-console: the passwords differ")
+    if len(password) < 12:
+        sys.exit("fleetdeploy-console: a password needs at least 12 characters")
+    return password
+
+
+def _environments(cfg: configmod.Config, text: str | None) -> list[str] | None:
+    if not text:
+        return None
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in cfg.environments]
+    if unknown:
+        sys.exit(f"fleetdeploy-console: unknown environment(s): {', '.join(unknown)}")
+    return names
+
+
+def cmd_create_user(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    migrate(cfg.database)
+    envs = _environments(cfg, args.environments)
+    password = _read_password(args)
+    sessions = session_factory(make_engine(cfg.database))
+    with sessions() as db:
+        user = db.scalar(select(User).where(User.name == args.name))
+        if user is not None and not args.update:
+            sys.exit(f"fleetdeploy-console: user {args.name} exists (use --update to change it)")
+        if user is None:
+            user = User(name=args.name, disabled=False)
+            db.add(user)
+        user.role, user.environments, user.password_hash = args.role, envs, hash_password(password)
+        from fleetdeploy.console.db import AuditEntry
+
+        db.add(AuditEntry(actor="cli", action="user_update" if args.update else "user_create", target=args.name,
+                          detail={"role": args.role, "environments": envs}))
+        db.commit()
+    print(f"user {args.name}: {args.role}{' on ' + ', '.join(envs) if envs else ' on every environment'}")
+    return 0
+
+
+def cmd_create_token(args: argparse.Namespace) -> int:
+    from fleetdeploy.console.db import AuditEntry
+    from fleetdeploy.console.service import Console
+
+    cfg = _load(args)
+    migrate(cfg.database)
+    envs = _environments(cfg, args.environments)
+    console = Console(cfg)
+    with console.sessions() as db:
+        _, token = console.create_token(db, args.name, args.role, envs, "cli")
+        db.add(AuditEntry(actor="cli", action="token_create", target=args.name, detail={"role": args.role}))
+        db.commit()
+    # The token alone on stdout, so scripts can capture it; it is not shown again.
+    print(token)
+    return 0
+
+
+def _safe_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", help="console config file (YAML); default $FLEETDEPLOY_CONSOLE_CONFIG or none")
+    common.add_argument("--database", help="SQLAlchemy URL; default a SQLite file in the data directory "
+                                           "(postgresql+psycopg://user@host/db for PostgreSQL)")
+    common.add_argument("--data-dir", help="where the database and job run directories live (default .console/)")
+
+    p = argparse.ArgumentParser(prog="fleetdeploy-console", description="The fleetdeploy deploy console")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", parents=[common], help="run the web console (migrates first)")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8765)
+    s.add_argument("--forwarded-allow-ips", default="127.0.0.1", help="proxies trusted for X-Forwarded-*")
+    s.add_argument("--log-level", default="info")
+    s.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True)
+    s.set_defaults(func=cmd_serve)
+
+    u = sub.add_parser("create-user", parents=[common], help="add a user (or change one with --update)")
+    u.add_argument("name")
+    u.add_argument("--role", choices=ROLES, required=True)
+    u.add_argument("--environments", help="comma-separated; default every environment")
+    u.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
+    u.add_argument("--update", action="store_true", help="change an existing user's role, scope and password")
+    u.set_defaults(func=cmd_create_user)
+
+    t = sub.add_parser("create-token", parents=[common], help="create an API token and print it once")
+    t.add_argument("name")
+    t.add_argument("--role", choices=TOKEN_ROLES, required=True)
+    t.add_argument("--environments", help="comma-separated; default every environment")
+    t.set_defaults(func=cmd_create_token)
+
+    m = sub.add_parser("migrate", parents=[common], help="bring the database to the newest schema")
+    m.set_defaults(func=cmd_migrate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,311 @@
+"""The console's configuration file: environments are inventories, actions are playbooks."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+
+# The three actions every fleetdeploy checkout has; the config file may override or add to them.
+DEFAULT_ACTIONS: dict[str, dict[str, Any]] = {
+    "deploy": {
+        "playbook": "deploy.yml",
+        "description": "Roll a release across the fleet, batch by batch",
+        "release": {"variable": "release", "repository": None},
+    },
+    "rollback": {
+        "playbook": "rollback.yml",
+        "description": "Put the previous release back",
+        "release": {"variable": "release", "repository": None, "required": False},
+    },
+    "provision": {"playbook": "site.yml", "description": "Converge every host to its roles"},
+}
+
+
+class ConfigError(ValueError):
+    """The configuration file is wrong; the message says where."""
+
+
+@dataclass(frozen=True)
+class Environment:
+    name: str
+    inventory: Path
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class ReleaseSpec:
+    """How an action takes a release: the extra var it lands in, the registry repository it comes from."""
+
+    variable: str = "release"
+    repository: str | None = None
+    required: bool = True
+
+
+@dataclass(frozen=True)
+class Action:
+    name: str
+    playbook: Path
+    description: str = ""
+    release: ReleaseSpec | None = None
+    # The service whose release this action changes, shown per host on the dashboard.
+    service: str | None = None
+    extra_vars_schema: dict[str, Any] = field(default_factory=lambda: {"type": "object"})
+    # The least role that may launch it: deploy and rollback are a deployer's job, the rest an admin's.
+    role: str = "admin"
+
+
+@dataclass(frozen=True)
+class RegistryConfig:
+    url: str
+    username: str | None = None
+    password_env: str | None = None
+    password_file: Path | None = None
+    ca_file: Path | None = None
+    timeout: float = 5.0
+    # Read from password_env when the config is loaded: `serve` then drops the variable from its environment.
+    password_value: str | None = field(default=None, repr=False)
+
+    def password(self) -> str | None:
+        if self.password_value is not None:
+            return self.password_value
+        if self.password_file:
+            return self.password_file.read_text().strip()
+        return None
+
+
+@dataclass(frozen=True)
+class Config:
+    project_dir: Path
+    data_dir: Path
+    database: str
+    environments: dict[str, Environment]
+    actions: dict[str, Action]
+    vault_password_file: Path | None = None
+    vault_password_env: str | None = None
+    vault_password_value: str | None = field(default=None, repr=False)
+    registry: RegistryConfig | None = None
+    webhook_url: str | None = None
+    retention_days: int = 30
+    retention_jobs: int = 500
+    # "auto" marks cookies Secure when the request arrived over TLS (directly or via the proxy).
+    secure_cookies: str = "auto"
+    session_hours: float = 12.0
+    # Extra literal strings to scrub from everything stored and served (on top of decrypted vault values).
+    redact_values: tuple[str, ...] = ()
+    ansible_config: Path | None = None
+    envvars: dict[str, str] = field(default_factory=dict)
+    max_body_bytes: int = 64 * 1024
+    login_attempts: int = 5
+    login_window_seconds: int = 300
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.data_dir / "runs"
+
+
+_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "project_dir": {"type": "string"},
+        "data_dir": {"type": "string"},
+        "database": {"type": "string"},
+        "ansible_config": {"type": "string"},
+        "envvars": {"type": "object", "additionalProperties": {"type": "string"}},
+        "vault": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"password_file": {"type": "string"}, "password_env": {"type": "string"}},
+        },
+        "registry": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["url"],
+            "properties": {
+                "url": {"type": "string"},
+                "username": {"type": "string"},
+                "password_env": {"type": "string"},
+                "password_file": {"type": "string"},
+                "ca_file": {"type": "string"},
+                "timeout": {"type": "number"},
+            },
+        },
+        "environments": {
+            "type": "object",
+            "additionalProperties": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["inventory"],
+                "properties": {"inventory": {"type": "string"}, "description": {"type": "string"}},
+            },
+        },
+        "actions": {
+            "type": "object",
+            "additionalProperties": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["playbook"],
+                "properties": {
+                    "playbook": {"type": "string"},
+                    "description": {"type": "string"},
+                    "service": {"type": "string"},
+                    "release": {
+                        "type": ["object", "null"],
+                        "additionalProperties": False,
+                        "properties": {
+                            "variable": {"type": "string"},
+                            "repository": {"type": ["string", "null"]},
+                            "required": {"type": "boolean"},
+                        },
+                    },
+                    "extra_vars_schema": {"type": "object"},
+                    "role": {"enum": ["deployer", "admin"]},
+                },
+            },
+        },
+        "notifications": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"webhook_url": {"type": "string"}},
+        },
+        "retention": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {"days": {"type": "integer", "minimum": 1}, "jobs": {"type": "integer", "minimum": 1}},
+        },
+        "security": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "secure_cookies": {"enum": ["auto", "always", "never"]},
+                "session_hours": {"type": "number", "exclusiveMinimum": 0},
+                "redact_values_env": {"type": "array", "items": {"type": "string"}},
+                "max_body_bytes": {"type": "integer", "minimum": 1024},
+                "login_attempts": {"type": "integer", "minimum": 1},
+                "login_window_seconds": {"type": "integer", "minimum": 1},
+            },
+        },
+    },
+}
+
+
+def default_data_dir() -> Path:
+    return Path(os.environ.get("FLEETDEPLOY_CONSOLE_DATA", REPO / ".console"))
+
+
+def load(path: Path | None, database: str | None = None, data_dir: Path | None = None) -> Config:
+    """Read the config file (YAML); with no file, the checkout's own inventories and the three actions."""
+    raw: dict[str, Any] = {}
+    base = REPO
+    if path is not None:
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{path}: {exc}") from exc
+        try:
+            jsonschema.validate(raw, _SCHEMA)
+        except jsonschema.ValidationError as exc:
+            where = "/".join(str(p) for p in exc.absolute_path) or "top level"
+            raise ConfigError(f"{path}: {where}: {exc.message}") from exc
+        base = path.resolve().parent
+
+    def resolve(value: str, root: Path) -> Path:
+        p = Path(os.path.expanduser(value))
+        return p if p.is_absolute() else (root / p).resolve()
+
+    project_dir = resolve(raw["project_dir"], base) if "project_dir" in raw else REPO
+    data = data_dir or (resolve(raw["data_dir"], base) if "data_dir" in raw else default_data_dir())
+    db = database or raw.get("database") or f"sqlite:///{data / 'console.db'}"
+
+    if "environments" in raw:
+        environments = {
+            name: Environment(name, resolve(env["inventory"], project_dir), env.get("description", ""))
+            for name, env in raw["environments"].items()
+        }
+    else:
+        inv_root = project_dir / "inventories"
+        environments = {
+            d.name: Environment(d.name, d)
+            for d in sorted(inv_root.iterdir() if inv_root.is_dir() else [])
+            if d.is_dir()
+        }
+
+    merged = {**DEFAULT_ACTIONS, **raw.get("actions", {})} if "actions" not in raw else raw["actions"]
+    actions: dict[str, Action] = {}
+    for name, spec in merged.items():
+        release = spec.get("release")
+        schema = spec.get("extra_vars_schema", {"type": "object"})
+        try:
+            jsonschema.Draft202012Validator.check_schema(schema)
+        except jsonschema.SchemaError as exc:
+            raise ConfigError(f"action {name}: extra_vars_schema: {exc.message}") from exc
+        actions[name] = Action(
+            name=name,
+            playbook=resolve(spec["playbook"], project_dir),
+            description=spec.get("description", ""),
+            release=ReleaseSpec(**release) if release is not None else None,
+            service=spec.get("service"),
+            extra_vars_schema=schema,
+            role=spec.get("role", "deployer" if name in ("deploy", "rollback") else "admin"),
+        )
+
+    registry = None
+    if "registry" in raw:
+        r = raw["registry"]
+        registry = RegistryConfig(
+            url=r["url"].rstrip("/"),
+            username=r.get("username"),
+            password_env=r.get("password_env"),
+            password_file=resolve(r["password_file"], base) if "password_file" in r else None,
+            ca_file=resolve(r["ca_file"], project_dir) if "ca_file" in r else None,
+            timeout=float(r.get("timeout", 5.0)),
+            password_value=os.environ.get(r["password_env"]) if "password_env" in r else None,
+        )
+
+    vault = raw.get("vault", {})
+    security = raw.get("security", {})
+    retention = raw.get("retention", {})
+    redact = tuple(v for name in security.get("redact_values_env", []) if (v := os.environ.get(name)))
+    return Config(
+        project_dir=project_dir,
+        data_dir=data,
+        database=db,
+        environments=environments,
+        actions=actions,
+        vault_password_file=resolve(vault["password_file"], base) if "password_file" in vault else None,
+        vault_password_env=vault.get("password_env"),
+        vault_password_value=os.environ.get(vault["password_env"]) if "password_env" in vault else None,
+        registry=registry,
+        webhook_url=raw.get("notifications", {}).get("webhook_url"),
+        retention_days=retention.get("days", 30),
+        retention_jobs=retention.get("jobs", 500),
+        secure_cookies=security.get("secure_cookies", "auto"),
+        session_hours=float(security.get("session_hours", 12)),
+        redact_values=redact,
+        ansible_config=resolve(raw["ansible_config"], base) if "ansible_config" in raw else (
+            project_dir / "ansible.cfg" if (project_dir / "ansible.cfg").is_file() else None
+        ),
+        envvars=dict(raw.get("envvars", {})),
+        max_body_bytes=security.get("max_body_bytes", 64 * 1024),
+        login_attempts=security.get("login_attempts", 5),
+        login_window_seconds=security.get("login_window_seconds", 300),
+    )
+
+
+def scrub_environment(config: Config) -> None:
+    """Drop the secret-bearing variables from this process's environment once their values are read.
+
+    ansible-runner starts each playbook with a copy of the console's environment: a secret left there
+    would reach every Ansible process, /proc/<pid>/environ and runner's artifacts.
+    """
+    names = [config.vault_password_env, config.registry.password_env if config.registry else None]
+    for name in names:
+        if name:
+            os.environ.pop(name, None)

@@ -1,0 +1,520 @@
+"""Running playbooks: one ansible-runner job per launch, events fanned out to the database and browsers.
+
+Threads per job: ansible-runner's own (reads the playbook's output and calls event_handler), the
+ingester (redacts, folds into the grid, fans out, writes to the database in batches), the planner
+(asks `ansible-playbook --list-hosts` which hosts will be touched, so they show as pending) and the
+supervisor (starts the run, waits for it, finishes the job). event_handler only puts on a queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import json
+import logging
+import os
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import ansible_runner
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from fleetdeploy.console.config import Action, Config, Environment
+from fleetdeploy.console.db import Job, JobEvent, Release, now
+from fleetdeploy.console.grid import Grid
+from fleetdeploy.console.notify import Notifier
+from fleetdeploy.console.redact import MAX_STDOUT, Redactor, vault_secret_values
+
+log = logging.getLogger(__name__)
+
+# Every process of a job carries this variable, so a sweep of /proc finds all of them, even ones
+# that left the process group (ssh ControlPersist masters daemonise).
+JOB_MARKER = "FLEETDEPLOY_CONSOLE_JOB"
+BIN_DIR = os.path.dirname(sys.executable)
+FINAL = ("successful", "failed", "canceled", "interrupted", "error")
+# pexpect_timeout: how often runner checks cancel_callback while the playbook is quiet.
+RUNNER_SETTINGS = {"suppress_output_file": True, "suppress_ansible_output": True, "pexpect_timeout": 0.25,
+                   "pexpect_use_poll": True}
+_FLUSH_SECONDS = 0.2
+_FLUSH_EVENTS = 200
+_END = object()
+# Events the console shows; verbose/debug-only ones (e.g. runner_on_start for items) still count.
+_SLIM_RES_KEYS = ("msg", "changed", "failed", "unreachable", "skipped", "rc", "stderr", "censored", "skip_reason")
+
+
+class Busy(Exception):
+    """Another job holds the environment."""
+
+    def __init__(self, job: dict[str, Any]) -> None:
+        self.job = job
+        super().__init__(
+            f"environment {job['environment']} is busy: {job['launched_by']} is running "
+            f"{job['action']}{' of ' + job['release'] if job.get('release') else ''} (job {job['id']}, "
+            f"started {job['started_at'] or job['created_at']})"
+        )
+
+
+@dataclass(eq=False)
+class Subscriber:
+    loop: asyncio.AbstractEventLoop
+    queue: asyncio.Queue[dict[str, Any] | None]
+
+    def push(self, msg: dict[str, Any] | None) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, msg)
+        except RuntimeError:  # the browser's loop has closed
+            pass
+
+
+@dataclass(eq=False)
+class LiveJob:
+    """A running job as the console holds it in memory: the source for live views."""
+
+    id: int
+    environment: str
+    action: str
+    release: str | None
+    launched_by: str
+    created_at: dt.datetime
+    status: str = "queued"
+    started_at: dt.datetime | None = None
+    grid: Grid = field(default_factory=Grid)
+    messages: list[dict[str, Any]] = field(default_factory=list)
+    subscribers: set[Subscriber] = field(default_factory=set)
+    redactor: Redactor = field(default_factory=Redactor)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    cancel_requested: threading.Event = field(default_factory=threading.Event)
+    canceled_by: str | None = None
+    events: "queue.SimpleQueue[Any]" = field(default_factory=queue.SimpleQueue)
+    received: int = 0
+    done: threading.Event = field(default_factory=threading.Event)
+
+    def brief(self) -> dict[str, Any]:
+        return {"id": self.id, "environment": self.environment, "action": self.action,
+                "release": self.release, "launched_by": self.launched_by, "status": self.status,
+                "created_at": self.created_at.isoformat(timespec="seconds"),
+                "started_at": self.started_at.isoformat(timespec="seconds") if self.started_at else None}
+
+    def publish(self, msg: dict[str, Any]) -> None:
+        with self.lock:
+            self.messages.append(msg)
+            for sub in self.subscribers:
+                sub.push(msg)
+
+    def subscribe(self, sub: Subscriber, after: int) -> list[dict[str, Any]]:
+        """Register a browser and return what it missed, atomically, so no message is lost or doubled."""
+        with self.lock:
+            self.subscribers.add(sub)
+            return [m for m in self.messages if m.get("id", after + 1) > after or m["type"] != "event"]
+
+    def unsubscribe(self, sub: Subscriber) -> None:
+        with self.lock:
+            self.subscribers.discard(sub)
+
+
+def job_dict(job: Job) -> dict[str, Any]:
+    return {
+        "id": job.id, "environment": job.environment, "action": job.action, "release": job.release,
+        "service": job.service, "extra_vars": job.extra_vars, "launched_by": job.launched_by,
+        "status": job.status, "rc": job.rc, "canceled_by": job.canceled_by, "explanation": job.explanation,
+        "created_at": job.created_at.isoformat(timespec="seconds"),
+        "started_at": job.started_at.isoformat(timespec="seconds") if job.started_at else None,
+        "finished_at": job.finished_at.isoformat(timespec="seconds") if job.finished_at else None,
+    }
+
+
+def job_processes(job_id: int) -> list[int]:
+    """PIDs of every process that belongs to this job (found by its marker in /proc/<pid>/environ)."""
+    marker = f"{JOB_MARKER}={job_id}".encode()
+    found = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/environ", "rb") as fh:
+                env = fh.read()
+        except OSError:
+            continue
+        if marker + b"\0" in env or env.endswith(marker):
+            found.append(int(entry.name))
+    return found
+
+
+def kill_job_processes(job_id: int, timeout: float = 5.0) -> list[int]:
+    """SIGKILL every process group of the job, then wait until none is left; returns the PIDs found."""
+    pids = job_processes(job_id)
+    for pid in pids:
+        for kill in (lambda p: os.killpg(os.getpgid(p), signal.SIGKILL), lambda p: os.kill(p, signal.SIGKILL)):
+            try:
+                kill(pid)
+            except (ProcessLookupError, PermissionError):
+                pass
+    deadline = time.monotonic() + timeout
+    while pids and time.monotonic() < deadline:
+        alive = [p for p in job_processes(job_id) if _alive(p)]
+        if not alive:
+            break
+        time.sleep(0.05)
+    return pids
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def slim_event(raw: dict[str, Any], redactor: Redactor) -> dict[str, Any]:
+    """The redacted event as stored and streamed: what the log and the grid need, nothing more."""
+    data = raw.get("event_data") or {}
+    res = data.get("res")
+    if isinstance(res, dict):
+        res = {k: res[k] for k in _SLIM_RES_KEYS if k in res} if not res.get("_ansible_no_log") else {"censored": True}
+    stdout = raw.get("stdout") or ""
+    if len(stdout) > MAX_STDOUT:
+        stdout = stdout[:MAX_STDOUT] + "\n… (cut)"
+    ev = {
+        "counter": raw.get("counter"),
+        "event": raw.get("event"),
+        "created": raw.get("created"),
+        "stdout": stdout,
+        "event_data": {k: data[k] for k in ("host", "task", "play", "play_uuid", "task_action", "ignore_errors",
+                                            "ok", "changed", "failures", "dark", "skipped", "rescued", "ignored",
+                                            "duration") if k in data},
+    }
+    if res is not None:
+        ev["event_data"]["res"] = res
+    return redactor.value(ev)
+
+
+class JobManager:
+    def __init__(self, config: Config, sessions: sessionmaker[Session], notifier: Notifier) -> None:
+        self.config = config
+        self.sessions = sessions
+        self.notifier = notifier
+        self.live: dict[int, LiveJob] = {}
+        self._env_lock = threading.Lock()
+        self._busy: dict[str, int] = {}
+        self._redactors: dict[str, tuple[float, Redactor]] = {}
+
+    # ----- start-up ---------------------------------------------------------------------------
+
+    def recover(self) -> list[int]:
+        """Mark jobs a previous console left queued or running as interrupted, and stop their processes."""
+        with self.sessions() as db:
+            stale = db.scalars(select(Job).where(Job.status.in_(("queued", "running")))).all()
+            for job in stale:
+                killed = kill_job_processes(job.id)
+                job.status = "interrupted"
+                job.finished_at = now()
+                job.explanation = "the console stopped while this job ran" + (
+                    f"; {len(killed)} leftover process(es) were killed" if killed else "")
+            db.commit()
+            return [j.id for j in stale]
+
+    # ----- launching --------------------------------------------------------------------------
+
+    def vault_args(self) -> tuple[list[str], dict[str, str]]:
+        """ansible-playbook options and pexpect answers that give it the vault password."""
+        if self.config.vault_password_file:
+            return ["--vault-password-file", str(self.config.vault_password_file)], {}
+        if self.config.vault_password_value:
+            # Typed at ansible's prompt by runner through the pty: never in a file, argv or environment.
+            return ["--ask-vault-pass"], {r"^Vault password:\s*$": self.config.vault_password_value}
+        return [], {}
+
+    def vault_password(self) -> str | None:
+        if self.config.vault_password_file:
+            return self.config.vault_password_file.read_text().strip()
+        return self.config.vault_password_value
+
+    def redactor(self, env: Environment, action: Action) -> Redactor:
+        """Known secrets for this environment and playbook; rebuilt when a file there changed."""
+        roots = [env.inventory, action.playbook.parent / "group_vars", action.playbook.parent / "host_vars",
+                 action.playbook.parent / "vars", action.playbook]
+        roots = [r for r in roots if r.exists()]
+        stamp = max((p.stat().st_mtime for r in roots for p in ([r] if r.is_file() else r.rglob("*"))), default=0.0)
+        key = f"{env.name}:{action.name}"
+        hit = self._redactors.get(key)
+        if hit and hit[0] == stamp:
+            return hit[1]
+        values: set[str] = set(self.config.redact_values)
+        password = self.vault_password()
+        if password:
+            values |= vault_secret_values(roots, password)
+        if self.config.registry and (reg_pw := self.config.registry.password()):
+            values.add(reg_pw)
+        red = Redactor(values)
+        self._redactors[key] = (stamp, red)
+        return red
+
+    def busy_job(self, environment: str) -> dict[str, Any] | None:
+        job_id = self._busy.get(environment)
+        live = self.live.get(job_id) if job_id is not None else None
+        return live.brief() if live else None
+
+    def launch(self, env: Environment, action: Action, release: str | None, extra_vars: dict[str, Any],
+               user: str, on_created: Callable[[Session, Job], None] | None = None) -> int:
+        """Create the job and start it; raises Busy if the environment already runs one."""
+        with self._env_lock:
+            holder = self.busy_job(env.name)
+            if holder:
+                raise Busy(holder)
+            with self.sessions() as db:
+                job = Job(environment=env.name, action=action.name, playbook=str(action.playbook),
+                          release=release, service=action.service or extra_vars.get("service"),
+                          extra_vars=extra_vars, launched_by=user, status="queued", events_pruned=False)
+                db.add(job)
+                db.flush()
+                if on_created:
+                    on_created(db, job)
+                db.commit()
+                live = LiveJob(id=job.id, environment=env.name, action=action.name, release=release,
+                               launched_by=user, created_at=job.created_at)
+            self.live[live.id] = live
+            self._busy[env.name] = live.id
+        threading.Thread(target=self._supervise, args=(live, env, action, extra_vars), name=f"job-{live.id}",
+                         daemon=True).start()
+        return live.id
+
+    def cancel(self, job_id: int, user: str) -> bool:
+        live = self.live.get(job_id)
+        if not live or live.status in FINAL:
+            return False
+        live.canceled_by = user
+        live.cancel_requested.set()
+        live.publish({"type": "status", "status": "canceling", "by": user})
+        return True
+
+    # ----- one job ----------------------------------------------------------------------------
+
+    def _supervise(self, live: LiveJob, env: Environment, action: Action, extra_vars: dict[str, Any]) -> None:
+        run_dir = self.config.runs_dir / str(live.id)
+        ingester = threading.Thread(target=self._ingest, args=(live,), name=f"ingest-{live.id}", daemon=True)
+        status, rc, explanation = "error", None, None
+        try:
+            run_dir.mkdir(parents=True, mode=0o700, exist_ok=True)
+            redactor = self.redactor(env, action)
+            live.redactor = redactor
+            ingester.start()
+            vault_cmd, passwords = self.vault_args()
+            # runner 2.4 reads its settings from env/settings only; nothing secret is in them.
+            (run_dir / "env").mkdir(mode=0o700, exist_ok=True)
+            (run_dir / "env" / "settings").write_text(json.dumps(RUNNER_SETTINGS))
+            # The venv's ansible-playbook first, whatever PATH the console was started with.
+            envvars = {**self.config.envvars, JOB_MARKER: str(live.id), "ANSIBLE_FORCE_COLOR": "1",
+                       "ANSIBLE_NOCOLOR": "0", "PYTHONUNBUFFERED": "1",
+                       "PATH": f"{BIN_DIR}{os.pathsep}{os.environ.get('PATH', '')}"}
+            if self.config.ansible_config:
+                envvars["ANSIBLE_CONFIG"] = str(self.config.ansible_config)
+            if live.cancel_requested.is_set():
+                raise _Canceled()
+            self._set_status(live, "running")
+            self.notifier.send(self._brief_for_notify(live))
+            plan_vault = vault_cmd if self.config.vault_password_file else []
+            threading.Thread(target=self._plan, args=(live, env, action, extra_vars, plan_vault, envvars),
+                             name=f"plan-{live.id}", daemon=True).start()
+
+            def event_handler(event: dict[str, Any]) -> bool:
+                live.events.put(event)
+                return False  # nothing written to job_events/: the console keeps the redacted copy
+
+            def status_handler(data: dict[str, Any], runner_config: Any = None) -> None:
+                # data["env"] on "starting" holds the whole environment: read the status only.
+                live.events.put({"_status": data.get("status")})
+
+            thread, runner = ansible_runner.run_async(
+                private_data_dir=str(run_dir),
+                project_dir=str(self.config.project_dir),
+                playbook=str(action.playbook),
+                inventory=str(env.inventory),
+                extravars=extra_vars or None,
+                cmdline=" ".join(vault_cmd) or None,
+                envvars=envvars,
+                passwords=passwords or None,
+                suppress_output_file=True,
+                suppress_env_files=True,
+                quiet=True,
+                ident="run",
+                event_handler=event_handler,
+                status_handler=status_handler,
+                cancel_callback=live.cancel_requested.is_set,
+            )
+            thread.join()
+            rc = runner.rc
+            status = {"successful": "successful", "canceled": "canceled", "timeout": "failed"}.get(
+                runner.status, "failed")
+            if live.cancel_requested.is_set():
+                status = "canceled"
+        except _Canceled:
+            status = "canceled"
+        except Exception as exc:  # a job must always end in a final state
+            log.exception("job %s could not run", live.id)
+            explanation = f"the console could not run the playbook: {type(exc).__name__}: {exc}"
+        finally:
+            survivors = kill_job_processes(live.id)
+            # runner's "command" artifact is a copy of the whole environment: not worth keeping.
+            (run_dir / "artifacts" / "run" / "command").unlink(missing_ok=True)
+            if survivors:
+                log.info("job %s: killed %d leftover process(es)", live.id, len(survivors))
+            live.events.put(_END)
+            if ingester.is_alive():
+                ingester.join()
+            self._finish(live, status, rc, explanation)
+
+    def _brief_for_notify(self, live: LiveJob) -> dict[str, Any]:
+        return live.brief()
+
+    def _plan(self, live: LiveJob, env: Environment, action: Action, extra_vars: dict[str, Any],
+              vault_cmd: list[str], envvars: dict[str, str]) -> None:
+        """Ask ansible-playbook which hosts the plays will touch, so the grid shows them as pending."""
+        cmd = [shutil.which("ansible-playbook", path=envvars["PATH"]) or "ansible-playbook", "--list-hosts", "-i", str(env.inventory), str(action.playbook), *vault_cmd]
+        if extra_vars:
+            cmd += ["-e", json.dumps(extra_vars)]
+        envvars = {**os.environ, **envvars, "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_NOCOLOR": "1"}
+        envvars.pop(JOB_MARKER, None)  # not part of the job: the sweep must not wait for it
+        try:
+            out = subprocess.run(cmd, cwd=self.config.project_dir, env=envvars, capture_output=True, text=True,
+                                 timeout=60, check=False).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            return
+        hosts: list[str] = []
+        in_hosts = False
+        for line in out.splitlines():
+            if re.match(r"\s+hosts \(\d+\):", line):
+                in_hosts = True
+                continue
+            if in_hosts and line.startswith("      ") and line.strip():
+                host = line.strip()
+                if host not in hosts:
+                    hosts.append(host)
+            else:
+                in_hosts = False
+        if hosts and live.status not in FINAL:
+            with live.lock:
+                live.grid.plan(hosts)
+            live.publish({"type": "hosts", "hosts": hosts})
+
+    def _ingest(self, live: LiveJob) -> None:
+        """Drain the runner's queue: redact, fold into the grid, fan out, write to the database in batches."""
+        redactor = live.redactor
+        pending: list[JobEvent] = []
+        last_flush = time.monotonic()
+        while True:
+            try:
+                item = live.events.get(timeout=_FLUSH_SECONDS)
+            except queue.Empty:
+                item = None
+            if item is _END:
+                break
+            if isinstance(item, dict) and "_status" not in item:
+                ev = slim_event(item, redactor)
+                live.received += 1
+                with live.lock:
+                    change = live.grid.apply(ev)
+                msg = {"type": "event", "id": ev["counter"], "event": ev, **change}
+                live.publish(msg)
+                pending.append(JobEvent(job_id=live.id, counter=ev["counter"] or 0, event=ev["event"] or "",
+                                        host=ev["event_data"].get("host"), created=ev.get("created"), data=msg))
+            if pending and (len(pending) >= _FLUSH_EVENTS or time.monotonic() - last_flush >= _FLUSH_SECONDS):
+                self._flush(pending)
+                pending = []
+                last_flush = time.monotonic()
+        if pending:
+            self._flush(pending)
+
+    def _flush(self, rows: list[JobEvent]) -> None:
+        try:
+            with self.sessions() as db:
+                db.add_all(rows)
+                db.commit()
+        except Exception:
+            log.exception("could not store %d events", len(rows))
+
+    def _set_status(self, live: LiveJob, status: str) -> None:
+        live.status = status
+        with self.sessions() as db:
+            values: dict[str, Any] = {"status": status}
+            if status == "running":
+                live.started_at = now()
+                values["started_at"] = live.started_at
+            db.execute(update(Job).where(Job.id == live.id).values(**values))
+            db.commit()
+        live.publish({"type": "status", "status": status})
+
+    def _finish(self, live: LiveJob, status: str, rc: int | None, explanation: str | None) -> None:
+        with live.lock:
+            summary = live.grid.snapshot()
+        summary["events"] = live.received
+        with self.sessions() as db:
+            job = db.get(Job, live.id)
+            assert job is not None
+            job.status = status
+            job.rc = rc
+            job.finished_at = now()
+            job.summary = summary
+            job.canceled_by = live.canceled_by if status == "canceled" else None
+            job.explanation = explanation or ({"canceled": f"canceled by {live.canceled_by}"}.get(status))
+            if status == "successful" and job.release and (job.service or job.action in ("deploy", "rollback")):
+                service = job.service or "default"
+                for host, result in summary["results"].items():
+                    if result in ("ok", "changed"):
+                        db.merge(Release(environment=job.environment, service=service, host=host,
+                                         release=job.release, job_id=job.id, updated_at=now()))
+            db.commit()
+            brief = job_dict(job)
+        live.status = status
+        live.publish({"type": "status", "status": status, "rc": rc, "explanation": brief["explanation"],
+                      "recap": summary["recap"], "results": summary["results"]})
+        live.publish({"type": "end"})
+        with self._env_lock:
+            if self._busy.get(live.environment) == live.id:
+                del self._busy[live.environment]
+        live.done.set()
+        with live.lock:
+            for sub in live.subscribers:
+                sub.push(None)
+        self.notifier.send(brief)
+        try:
+            self.prune()
+        except Exception:
+            log.exception("pruning old jobs failed")
+        # Keep the finished job in memory briefly so late subscribers still get the live stream.
+        threading.Timer(60.0, self.live.pop, args=(live.id, None)).start()
+
+    # ----- retention --------------------------------------------------------------------------
+
+    def prune(self) -> list[int]:
+        """Drop events and artifacts of jobs older than N days or beyond the newest N jobs."""
+        cutoff = now() - dt.timedelta(days=self.config.retention_days)
+        with self.sessions() as db:
+            keep = db.scalars(select(Job.id).order_by(Job.id.desc()).limit(self.config.retention_jobs)).all()
+            floor = min(keep) if len(keep) >= self.config.retention_jobs else 0
+            old = db.scalars(
+                select(Job.id).where(Job.events_pruned.is_(False), Job.status.in_(FINAL),
+                                     (Job.created_at < cutoff) | (Job.id < floor))
+            ).all()
+            if not old:
+                return []
+            db.execute(delete(JobEvent).where(JobEvent.job_id.in_(old)))
+            db.execute(update(Job).where(Job.id.in_(old)).values(events_pruned=True))
+            db.commit()
+        for job_id in old:
+            shutil.rmtree(self.config.runs_dir / str(job_id), ignore_errors=True)
+        return list(old)
+
+
+class _Canceled(Exception):
+    pass

@@ -1,0 +1,45 @@
+"""Tell a chat channel when a job starts and ends: a Slack-compatible incoming webhook."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+import httpx
+
+log = logging.getLogger(__name__)
+
+_ICON = {"running": ":rocket:", "successful": ":white_check_mark:", "failed": ":x:",
+         "canceled": ":octagonal_sign:", "interrupted": ":warning:", "error": ":boom:"}
+
+
+def message(job: dict[str, Any], base_url: str | None = None) -> dict[str, Any]:
+    """The payload: `text` for Slack and anything Slack-compatible (Mattermost, Rocket.Chat, ...)."""
+    what = f"{job['action']} of {job['environment']}"
+    if job.get("release"):
+        what += f" to {job['release']}"
+    verb = "started" if job["status"] == "running" else job["status"]
+    link = f" <{base_url.rstrip('/')}/jobs/{job['id']}|job {job['id']}>" if base_url else f" (job {job['id']})"
+    text = f"{_ICON.get(job['status'], '')} {what} {verb} by {job['launched_by']}{link}".strip()
+    return {"text": text, "username": "fleetdeploy", "fleetdeploy": job}
+
+
+class Notifier:
+    def __init__(self, url: str | None, base_url: str | None = None) -> None:
+        self.url = url
+        self.base_url = base_url
+
+    def send(self, job: dict[str, Any]) -> None:
+        """Post in the background: a slow chat server must never hold up a deploy."""
+        if not self.url:
+            return
+        payload = message(job, self.base_url)
+        threading.Thread(target=self._post, args=(payload,), name="notify", daemon=True).start()
+
+    def _post(self, payload: dict[str, Any]) -> None:
+        assert self.url is not None
+        try:
+            httpx.post(self.url, json=payload, timeout=5.0).raise_for_status()
+        except httpx.HTTPError as exc:
+            log.warning("notification webhook failed: %s", exc)

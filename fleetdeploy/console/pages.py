@@ -1,0 +1,312 @@
+"""The HTML pages: sign-in, dashboard, launch, job view, job history, audit log, users and tokens."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlencode
+
+import yaml
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
+from sqlalchemy import select
+
+from fleetdeploy.console.app import COOKIE, client_ip, console_of, who_is_asking
+from fleetdeploy.console.db import ApiToken, AuditEntry, User, WebSession
+from fleetdeploy.console.security import ROLES, TOKEN_ROLES, Principal, hash_password, same
+from fleetdeploy.console.service import ConsoleError
+
+templates = Jinja2Templates(directory=Path(__file__).resolve().parent / "templates")
+router = APIRouter(include_in_schema=False)
+_STATUS_CLASS = {"successful": "ok", "failed": "failed", "error": "failed", "canceled": "canceled",
+                 "interrupted": "canceled", "running": "running", "queued": "pending"}
+templates.env.globals["status_class"] = lambda s: _STATUS_CLASS.get(s, "pending")
+
+
+class _SignIn(Exception):
+    pass
+
+
+def page_principal(request: Request) -> Principal:
+    who = who_is_asking(request)
+    if who is None or who.via_token or not who.at_least("viewer"):
+        raise ConsoleError(401, "sign in first")
+    return who
+
+
+async def checked_form(request: Request, who: Principal) -> dict[str, str]:
+    """The posted form, after checking its CSRF token against the session's."""
+    form = await request.form()
+    sent = str(form.get("csrf", ""))
+    if not who.csrf or not same(sent, who.csrf):
+        raise ConsoleError(403, "the form's CSRF token is missing or stale: reload the page and try again")
+    return {k: str(v) for k, v in form.items()}
+
+
+def render(request: Request, name: str, who: Principal | None, status: int = 200, **ctx: Any) -> HTMLResponse:
+    console = console_of(request)
+    may_launch = who is not None and any(who.may("deployer", e) for e in console.config.environments)
+    return templates.TemplateResponse(request, name, {"who": who, "may_launch": may_launch, **ctx},
+                                      status_code=status)
+
+
+async def error_page(request: Request, exc: ConsoleError) -> Response:
+    if exc.status == 401:
+        return RedirectResponse(f"/login?next={quote(request.url.path)}", status_code=303)
+    who = who_is_asking(request)
+    return render(request, "error.html", who if who and not who.via_token else None, status=exc.status,
+                  message=exc.message, code=exc.status)
+
+
+def _secure(request: Request) -> bool:
+    mode = console_of(request).config.secure_cookies
+    return mode == "always" or (mode == "auto" and request.url.scheme == "https")
+
+
+@router.get("/login")
+def login_page(request: Request, next: str = "/") -> Response:
+    return render(request, "login.html", None, next=next if next.startswith("/") and not next.startswith("//") else "/")
+
+
+@router.post("/login")
+async def login(request: Request) -> Response:
+    form = await request.form()
+    name, password = str(form.get("name", ""))[:64], str(form.get("password", ""))[:1024]
+    nxt = str(form.get("next", "/"))
+    if not nxt.startswith("/") or nxt.startswith("//"):
+        nxt = "/"
+    console = console_of(request)
+    try:
+        cookie, _ = console.sign_in(name, password, client_ip(request))
+    except ConsoleError as exc:
+        headers = {"Retry-After": str(exc.extra["retry_after"])} if "retry_after" in exc.extra else None
+        resp = render(request, "login.html", None, status=exc.status, error=exc.message, next=nxt, name=name)
+        if headers:
+            resp.headers.update(headers)
+        return resp
+    resp = RedirectResponse(nxt, status_code=303)
+    resp.set_cookie(COOKIE, cookie, httponly=True, samesite="strict", secure=_secure(request),
+                    max_age=int(console.config.session_hours * 3600), path="/")
+    return resp
+
+
+@router.post("/logout")
+async def logout(request: Request) -> Response:
+    who = page_principal(request)
+    await checked_form(request, who)
+    console_of(request).sign_out(request.cookies.get(COOKIE, ""))
+    resp = RedirectResponse("/login", status_code=303)
+    resp.delete_cookie(COOKIE, path="/")
+    return resp
+
+
+@router.get("/")
+def dashboard(request: Request) -> Response:
+    who = page_principal(request)
+    return render(request, "dashboard.html", who, environments=console_of(request).dashboard(who))
+
+
+@router.get("/launch")
+def launch_page(request: Request, environment: str = "", action: str = "", error: str = "",
+                extra_vars: str = "") -> Response:
+    who = page_principal(request)
+    console = console_of(request)
+    envs = [e for e in console.config.environments if who.may("deployer", e)]
+    if not envs:
+        raise ConsoleError(403, f"{who.name} ({who.role}) may not launch jobs")
+    actions = [a for a in console.config.actions.values() if any(who.may(a.role, e) for e in envs)]
+    chosen = console.config.actions.get(action) or (actions[0] if actions else None)
+    tags: list[str] | None = None
+    registry_error = ""
+    if chosen is not None:
+        try:
+            tags = console.releases(chosen, fresh=True)
+        except ConsoleError as exc:
+            registry_error = exc.message
+    return render(request, "launch.html", who, environments=envs, actions=actions, chosen=chosen,
+                  environment=environment or envs[0], tags=list(reversed(tags)) if tags else tags,
+                  registry_error=registry_error, error=error, extra_vars=extra_vars,
+                  schema=json.dumps(chosen.extra_vars_schema, indent=2) if chosen else "")
+
+
+@router.post("/launch")
+async def launch(request: Request) -> Response:
+    who = page_principal(request)
+    form = await checked_form(request, who)
+    console = console_of(request)
+    text = form.get("extra_vars", "").strip()
+    try:
+        try:
+            extra = yaml.safe_load(text) if text else {}
+        except yaml.YAMLError as exc:
+            raise ConsoleError(422, f"extra vars are not valid YAML or JSON: {exc}") from exc
+        req = console.validate_launch(who, form.get("environment", ""), form.get("action", ""),
+                                      form.get("release") or None, extra)
+        job_id = console.launch(who, req, client_ip(request))
+    except ConsoleError as exc:
+        if exc.status in (401,):
+            raise
+        query = urlencode({"environment": form.get("environment", ""), "action": form.get("action", ""),
+                           "error": exc.message, "extra_vars": text})
+        return RedirectResponse(f"/launch?{query}", status_code=303)
+    return RedirectResponse(f"/jobs/{job_id}", status_code=303)
+
+
+@router.get("/jobs")
+def history(request: Request, environment: str = "", action: str = "", status: str = "", user: str = "",
+            before: int | None = None) -> Response:
+    who = page_principal(request)
+    console = console_of(request)
+    jobs = console.list_jobs(who, environment or None, action or None, status or None, user or None, before, 50)
+    more = f"/jobs?{urlencode({'environment': environment, 'action': action, 'status': status, 'user': user, 'before': jobs[-1]['id']})}" if len(jobs) == 50 else ""
+    return render(request, "jobs.html", who, jobs=jobs, more=more,
+                  filters={"environment": environment, "action": action, "status": status, "user": user},
+                  environments=[e for e in console.config.environments if who.sees(e)],
+                  actions=list(console.config.actions),
+                  statuses=["queued", "running", "successful", "failed", "canceled", "interrupted", "error"])
+
+
+@router.get("/jobs/{job_id}")
+def job_page(request: Request, job_id: int) -> Response:
+    who = page_principal(request)
+    job = console_of(request).job(who, job_id)
+    return render(request, "job.html", who, job=job, may_cancel=who.may("deployer", job["environment"]))
+
+
+@router.post("/jobs/{job_id}/cancel")
+async def cancel(request: Request, job_id: int) -> Response:
+    who = page_principal(request)
+    await checked_form(request, who)
+    console_of(request).cancel(who, job_id, client_ip(request))
+    return RedirectResponse(f"/jobs/{job_id}", status_code=303)
+
+
+@router.get("/audit")
+def audit_page(request: Request, actor: str = "", action: str = "") -> Response:
+    who = page_principal(request)
+    if not who.at_least("admin"):
+        raise ConsoleError(403, "the audit log is for admins")
+    q = select(AuditEntry).order_by(AuditEntry.id.desc()).limit(200)
+    if actor:
+        q = q.where(AuditEntry.actor == actor)
+    if action:
+        q = q.where(AuditEntry.action == action)
+    with console_of(request).sessions() as db:
+        entries = db.scalars(q).all()
+    return render(request, "audit.html", who, entries=entries, actor=actor, action=action)
+
+
+def _admin(request: Request) -> Principal:
+    who = page_principal(request)
+    if not who.at_least("admin"):
+        raise ConsoleError(403, "users and tokens are for admins")
+    return who
+
+
+def _envs(console_envs: dict[str, Any], text: str) -> list[str] | None:
+    names = [e.strip() for e in text.replace(",", " ").split() if e.strip()]
+    unknown = [n for n in names if n not in console_envs]
+    if unknown:
+        raise ConsoleError(422, f"unknown environment(s): {', '.join(unknown)}")
+    return names or None
+
+
+@router.get("/admin/users")
+def users_page(request: Request, error: str = "") -> Response:
+    who = _admin(request)
+    with console_of(request).sessions() as db:
+        users = db.scalars(select(User).order_by(User.name)).all()
+    return render(request, "users.html", who, users=users, roles=ROLES, error=error)
+
+
+@router.post("/admin/users")
+async def create_user(request: Request) -> Response:
+    who = _admin(request)
+    form = await checked_form(request, who)
+    console = console_of(request)
+    try:
+        name, role, password = form.get("name", "").strip(), form.get("role", ""), form.get("password", "")
+        if not name or len(name) > 64 or role not in ROLES or len(password) < 12:
+            raise ConsoleError(422, "a user needs a name, a role and a password of at least 12 characters")
+        envs = _envs(console.config.environments, form.get("environments", ""))
+        with console.sessions() as db:
+            if db.scalar(select(User).where(User.name == name)):
+                raise ConsoleError(409, f"user {name} exists")
+            db.add(User(name=name, role=role, environments=envs, password_hash=hash_password(password),
+                        disabled=False))
+            console.audit(db, who.name, "user_create", name, ip=client_ip(request), role=role, environments=envs)
+            db.commit()
+    except ConsoleError as exc:
+        return RedirectResponse(f"/admin/users?{urlencode({'error': exc.message})}", status_code=303)
+    return RedirectResponse("/admin/users", status_code=303)
+
+
+@router.post("/admin/users/{user_id}/{verb}")
+async def change_user(request: Request, user_id: int, verb: str) -> Response:
+    who = _admin(request)
+    await checked_form(request, who)
+    console = console_of(request)
+    if verb not in ("disable", "enable"):
+        raise ConsoleError(404, "no such page")
+    with console.sessions() as db:
+        user = db.get(User, user_id)
+        if user is None:
+            raise ConsoleError(404, f"no user {user_id}")
+        user.disabled = verb == "disable"
+        if user.disabled:
+            for s in db.scalars(select(WebSession).where(WebSession.user_id == user.id)):
+                db.delete(s)
+        console.audit(db, who.name, f"user_{verb}", user.name, ip=client_ip(request))
+        db.commit()
+    return RedirectResponse("/admin/users", status_code=303)
+
+
+@router.get("/admin/tokens")
+def tokens_page(request: Request, error: str = "") -> Response:
+    who = _admin(request)
+    with console_of(request).sessions() as db:
+        tokens = db.scalars(select(ApiToken).order_by(ApiToken.id.desc())).all()
+    return render(request, "tokens.html", who, tokens=tokens, roles=TOKEN_ROLES, error=error, new_token=None)
+
+
+@router.post("/admin/tokens")
+async def create_token(request: Request) -> Response:
+    who = _admin(request)
+    form = await checked_form(request, who)
+    console = console_of(request)
+    try:
+        name, role = form.get("name", "").strip(), form.get("role", "")
+        if not name or len(name) > 64 or role not in TOKEN_ROLES:
+            raise ConsoleError(422, "a token needs a name and a role")
+        envs = _envs(console.config.environments, form.get("environments", ""))
+        with console.sessions() as db:
+            row, token = console.create_token(db, name, role, envs, who.name)
+            console.audit(db, who.name, "token_create", name, ip=client_ip(request), role=role)
+            db.commit()
+            tokens = db.scalars(select(ApiToken).order_by(ApiToken.id.desc())).all()
+    except ConsoleError as exc:
+        return RedirectResponse(f"/admin/tokens?{urlencode({'error': exc.message})}", status_code=303)
+    # Shown once, in this answer only; never cached.
+    resp = render(request, "tokens.html", who, tokens=tokens, roles=TOKEN_ROLES, error="", new_token=token,
+                  new_name=name)
+    resp.headers["Cache-Control"] = "no-store"
+    return resp
+
+
+@router.post("/admin/tokens/{token_id}/revoke")
+async def revoke_token(request: Request, token_id: int) -> Response:
+    who = _admin(request)
+    await checked_form(request, who)
+    console = console_of(request)
+    from fleetdeploy.console.db import now
+
+    with console.sessions() as db:
+        row = db.get(ApiToken, token_id)
+        if row is None:
+            raise ConsoleError(404, f"no token {token_id}")
+        row.revoked_at = row.revoked_at or now()
+        console.audit(db, who.name, "token_revoke", row.name, ip=client_ip(request))
+        db.commit()
+    return RedirectResponse("/admin/tokens", status_code=303)

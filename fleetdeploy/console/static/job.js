@@ -1,0 +1,120 @@
+// The live job view: one EventSource; the server sends the grid's changes, this only paints them.
+"use strict";
+(() => {
+  const root = document.getElementById("job");
+  const jobId = root.dataset.jobId;
+  const grid = document.getElementById("grid");
+  const logEl = document.getElementById("log");
+  const follow = document.getElementById("follow");
+  const statusEl = document.getElementById("job-status");
+  const state = { columns: [], hosts: [], cells: new Map(), results: {} };
+  const FINAL = ["successful", "failed", "canceled", "interrupted", "error"];
+  const BADGE = { successful: "ok", failed: "failed", error: "failed", canceled: "canceled",
+                  interrupted: "canceled", running: "running" };
+  let pendingPaint = false;
+  let logBuf = [];
+
+  const esc = (s) => s.replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c]));
+
+  // ANSI SGR colour codes to spans; anything else is dropped.
+  function ansi(text) {
+    let out = "", open = 0;
+    for (const part of text.split(/(\x1b\[[0-9;]*m)/)) {
+      const m = /^\x1b\[([0-9;]*)m$/.exec(part);
+      if (!m) { out += esc(part.replace(/\x1b\[[0-9;?]*[A-Za-z]/g, "")); continue; }
+      const codes = m[1].split(";").filter(Boolean).map(Number);
+      if (codes.length === 0 || codes.includes(0)) { out += "</span>".repeat(open); open = 0; }
+      const cls = codes.filter((c) => c === 1 || (c >= 30 && c <= 37) || (c >= 90 && c <= 97)).map((c) => "a-" + c);
+      if (cls.length) { out += `<span class="${cls.join(" ")}">`; open++; }
+    }
+    return out + "</span>".repeat(open);
+  }
+
+  function setStatus(status, explanation) {
+    statusEl.textContent = status;
+    statusEl.className = "badge " + (BADGE[status] || "pending");
+    if (explanation !== undefined && explanation !== null) document.getElementById("job-explanation").textContent = explanation;
+    if (FINAL.includes(status)) {
+      const cancel = document.getElementById("cancel-form");
+      if (cancel) cancel.remove();
+    }
+  }
+
+  function addHost(h) { if (!state.hosts.includes(h)) state.hosts.push(h); }
+
+  function paint() {
+    pendingPaint = false;
+    const head = grid.tHead.rows[0];
+    const cols = state.columns.filter(Boolean);
+    head.innerHTML = "<th>host</th>" + cols.map((c) => `<th title="${esc(c.play)}">${esc(c.play)}<br><small>batch ${c.batch}</small></th>`).join("") + "<th>result</th>";
+    const body = grid.tBodies[0];
+    const hosts = [...state.hosts].sort((a, b) => a.localeCompare(b, undefined, { numeric: true }));
+    body.innerHTML = hosts.map((h) => {
+      const tds = cols.map((c) => {
+        const cell = state.cells.get(h + "\u0000" + c.index);
+        if (!cell) {
+          const seenLater = cols.some((d) => d.index > c.index && state.cells.has(h + "\u0000" + d.index));
+          const seenBefore = cols.some((d) => d.index < c.index && state.cells.has(h + "\u0000" + d.index));
+          return `<td class="cell ${seenLater || seenBefore ? "none" : "pending"}" data-host="${esc(h)}" data-col="${c.index}"></td>`;
+        }
+        const cls = cell.running ? "running" : cell.state;
+        const label = cell.running ? cell.task : (cell.state + (cell.task ? " · " + cell.task : ""));
+        return `<td class="cell ${cls}" data-host="${esc(h)}" data-col="${c.index}" data-state="${cls}" title="${esc(label)}">${esc(label)}</td>`;
+      }).join("");
+      const result = state.results[h];
+      const resultTd = result ? `<td class="cell result ${result}" data-result="${result}">${result}</td>` : `<td class="cell pending result">pending</td>`;
+      return `<tr data-host="${esc(h)}"><th class="host">${esc(h)}</th>${tds}${resultTd}</tr>`;
+    }).join("");
+  }
+  const schedulePaint = () => { if (!pendingPaint) { pendingPaint = true; requestAnimationFrame(paint); } };
+
+  function flushLog() {
+    if (!logBuf.length) return;
+    logEl.insertAdjacentHTML("beforeend", logBuf.join(""));
+    logBuf = [];
+    if (follow.checked) logEl.scrollTop = logEl.scrollHeight;
+  }
+  setInterval(flushLog, 100);
+
+  function recap(r) {
+    const rows = Object.entries(r || {});
+    if (!rows.length) return;
+    document.getElementById("recap-card").hidden = false;
+    document.querySelector("#recap tbody").innerHTML = rows.map(([h, c]) =>
+      `<tr data-host="${esc(h)}"><td>${esc(h)}</td><td>${c.ok}</td><td>${c.changed}</td><td>${c.dark}</td><td>${c.failures}</td><td>${c.skipped}</td><td>${c.rescued}</td><td>${c.ignored}</td></tr>`).join("");
+  }
+
+  function handle(msg) {
+    switch (msg.type) {
+      case "snapshot": {
+        const g = msg.grid;
+        g.columns.forEach((c) => { state.columns[c.index] = c; });
+        g.hosts.forEach(addHost);
+        g.cells.forEach((c) => state.cells.set(c.host + "\u0000" + c.col, c));
+        state.results = Object.assign({}, FINAL.includes(msg.job.status) ? g.results : {});
+        setStatus(msg.job.status);
+        recap(g.recap);
+        break;
+      }
+      case "hosts": msg.hosts.forEach(addHost); break;
+      case "status":
+        setStatus(msg.status, msg.explanation);
+        if (msg.results) state.results = msg.results;
+        if (msg.recap) recap(msg.recap);
+        break;
+      case "event":
+        if (msg.column) state.columns[msg.column.index] = msg.column;
+        if (msg.cell) { addHost(msg.cell.host); state.cells.set(msg.cell.host + "\u0000" + msg.cell.col, msg.cell); }
+        if (msg.recap) { recap(msg.recap); Object.keys(msg.recap).forEach(addHost); }
+        if (msg.event.stdout) logBuf.push(ansi(msg.event.stdout) + "\n");
+        break;
+      case "end": flushLog(); source.close(); document.body.dataset.streamEnded = "1"; break;
+      case "error": setStatus(statusEl.textContent, msg.detail); source.close(); break;
+    }
+    schedulePaint();
+  }
+
+  const source = new EventSource(`/api/jobs/${jobId}/events`);
+  source.onmessage = (e) => handle(JSON.parse(e.data));
+  document.body.dataset.streamStarted = "1";
+})();
