@@ -72,13 +72,17 @@ class Principal:
 
 
 class LoginLimiter:
-    """At most `attempts` failed sign-ins per user name and per client address in a sliding window."""
+    """At most `attempts` failed sign-ins per user name, and four times that per client address
+    (several people may share a NAT or a proxy), in a sliding window."""
 
     def __init__(self, attempts: int, window: float) -> None:
         self.attempts = attempts
         self.window = window
         self._failures: dict[str, deque[float]] = {}
         self._lock = threading.Lock()
+
+    def _limit(self, key: str) -> int:
+        return self.attempts * 4 if key.startswith("ip:") else self.attempts
 
     def _recent(self, key: str, now: float) -> deque[float]:
         q = self._failures.setdefault(key, deque())
@@ -93,7 +97,7 @@ class LoginLimiter:
             wait = 0.0
             for key in keys:
                 q = self._recent(key, now)
-                if len(q) >= self.attempts:
+                if len(q) >= self._limit(key):
                     wait = max(wait, self.window - (now - q[0]))
             return wait
 
