@@ -45,10 +45,10 @@ async def checked_form(request: Request, who: Principal) -> dict[str, str]:
     return {k: str(v) for k, v in form.items()}
 
 
-def render(request: Request, name: str, who: Principal | None, status: int = 200, **ctx: Any) -> HTMLResponse:
+def render(request: Request, template: str, who: Principal | None, status: int = 200, **ctx: Any) -> HTMLResponse:
     console = console_of(request)
     may_launch = who is not None and any(who.may("deployer", e) for e in console.config.environments)
-    return templates.TemplateResponse(request, name, {"who": who, "may_launch": may_launch, **ctx},
+    return templates.TemplateResponse(request, template, {"who": who, "may_launch": may_launch, **ctx},
                                       status_code=status)
 
 

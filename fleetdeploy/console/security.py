@@ -19,8 +19,14 @@ TOKEN_ROLES = (*ROLES, "alertmanager")
 _LEVEL = {"alertmanager": -1, "viewer": 0, "deployer": 1, "admin": 2}
 
 _hasher = PasswordHasher()
-# Verifying against this when the user does not exist keeps the timing of both failures alike.
-_DUMMY_HASH = _hasher.hash("not a real password")
+_dummy: list[str] = []
+
+
+def _dummy_hash() -> str:
+    """Verifying against this when the user does not exist keeps the timing of both failures alike."""
+    if not _dummy:
+        _dummy.append(_hasher.hash(secrets.token_hex(16)))
+    return _dummy[0]
 
 TOKEN_PREFIX = "fdc_"
 
@@ -31,7 +37,7 @@ def hash_password(password: str) -> str:
 
 def verify_password(stored: str | None, password: str) -> bool:
     try:
-        return _hasher.verify(stored or _DUMMY_HASH, password) and stored is not None
+        return _hasher.verify(stored or _dummy_hash(), password) and stored is not None
     except (VerificationError, InvalidHashError):
         return False
 

@@ -220,16 +220,23 @@ def server(tmp_path_factory: pytest.TempPathFactory, registry: FakeRegistry,
            webhook: tuple[str, list[dict[str, Any]]]) -> Iterator[Server]:
     root = tmp_path_factory.mktemp("console")
     config = write_config(root, registry.url, webhook[0])
-    for name, role, envs in (("admin", "admin", None), ("deployer", "deployer", None),
-                             ("viewer", "viewer", None), ("stager", "deployer", "staging")):
-        args = ["create-user", name, "--role", role, "--password-stdin"] + (["--environments", envs] if envs else [])
-        done = cli(config, *args, stdin=PASSWORDS[name] + "\n")
-        assert done.returncode == 0, done.stderr
+    users = (("admin", "admin", None), ("deployer", "deployer", None), ("viewer", "viewer", None),
+             ("stager", "deployer", "staging"))
+    tokens = (("ci", "deployer"), ("ci-viewer", "viewer"), ("alertmanager", "alertmanager"))
+    commands = [["create-user", name, "--role", role, "--password-stdin"] + (["--environments", e] if e else [])
+                for name, role, e in users]
+    commands += [["create-token", name, "--role", role] for name, role in tokens]
+    # The CLI's own main(), once per command, in one interpreter: seven commands, one start-up.
+    script = ("import sys; from fleetdeploy.console.cli import main\n"
+              f"for args in {commands!r}:\n    main(args + ['--config', {str(config)!r}])\n")
+    done = subprocess.run([str(REPO / ".venv" / "bin" / "python"), "-c", script, ], capture_output=True, text=True,
+                          input="".join(PASSWORDS[u[0]] + "\n" for u in users), env=server_env(), timeout=120,
+                          check=False)
+    assert done.returncode == 0, done.stderr
+    printed = done.stdout.splitlines()
+    assert printed[0] == "user admin: admin on every environment"
     srv = start_server(root, config)
-    for name, role in (("ci", "deployer"), ("ci-viewer", "viewer"), ("alertmanager", "alertmanager")):
-        done = cli(config, "create-token", name, "--role", role)
-        assert done.returncode == 0, done.stderr
-        srv.tokens[name] = done.stdout.strip()
+    srv.tokens.update(zip([t[0] for t in tokens], printed[len(users):]))
     yield srv
     srv.stop()
 

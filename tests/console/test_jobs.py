@@ -94,6 +94,13 @@ def test_cancel_stops_the_whole_process_group(ci: Client) -> None:
     while not any(_cmdline(p).startswith("sleep 90") for p in job_processes(job_id)):
         assert time.monotonic() < deadline, "no sleep to kill"
         time.sleep(0.1)
+    # serve dropped the secret-bearing variables once read: the playbook's processes never see them.
+    from conftest import SECRETS
+
+    for pid in job_processes(job_id):
+        environ = Path(f"/proc/{pid}/environ").read_bytes()
+        assert b"TEST_CONSOLE_" not in environ
+        assert not any(v.encode() in environ for v in SECRETS.values())
     asked = time.monotonic()
     r = ci.post(f"/api/jobs/{job_id}/cancel")
     assert r.status_code == 200, r.text
