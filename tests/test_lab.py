@@ -66,7 +66,7 @@ def ssh(tmp: Path, port: int, known_hosts: Path, command: str) -> subprocess.Com
 
 
 def test_lab_starts_every_host_and_writes_their_inventory(lab: Path, client: docker.DockerClient) -> None:
-    assert sorted(lab_containers(client)) == ["app1", "app2", "app3", "lb", "monitor", "ops"]
+    assert sorted(lab_containers(client)) == ["app1", "app2", "app3", "lb1", "monitor1", "ops1"]
     inventory = (lab / "hosts.yml").read_text()
     for group in ("ops:", "lb:", "app:", "monitor:"):
         assert group in inventory
@@ -99,12 +99,12 @@ def test_hosts_boot_systemd_and_app_hosts_keep_docker_data_on_a_volume(lab: Path
         state = container.exec_run(["systemctl", "is-system-running"]).output.decode().strip()
         assert state == "running", f"{name}: systemd is {state}"
         docker_mounts = [m for m in container.attrs["Mounts"] if m["Destination"] == "/var/lib/docker"]
-        if name.startswith("app") or name == "ops":
+        if name.startswith("app") or name == "ops1":
             assert docker_mounts and docker_mounts[0]["Type"] == "volume", name
 
 
 def test_lb_ports_are_published_on_loopback_only(lab: Path, client: docker.DockerClient) -> None:
-    lb = client.containers.get(lab_containers(client)["lb"])
+    lb = client.containers.get(lab_containers(client)["lb1"])
     ports = lb.attrs["HostConfig"]["PortBindings"]
     assert ports["8080/tcp"] == [{"HostIp": "127.0.0.1", "HostPort": "18080"}]
     assert ports["8443/tcp"] == [{"HostIp": "127.0.0.1", "HostPort": "18443"}]

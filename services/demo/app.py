@@ -1,0 +1,95 @@
+"""The demo service: a stand-in for a real service until the reference services exist.
+
+GET / returns its release and host, GET /version the release, GET /healthz its health,
+POST /echo echoes the body. On SIGTERM it stops accepting connections and finishes the
+requests already in flight, so a deploy that stops it loses nothing.
+Configured only by environment variables, like every service fleetdeploy runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+RELEASE = os.environ.get("DEMO_RELEASE", "unknown")
+# A release built with demo_unhealthy=true never passes its health check (for failure-path tests).
+UNHEALTHY = os.environ.get("DEMO_UNHEALTHY", "false").lower() == "true"
+PORT = int(os.environ.get("PORT", "8000"))
+HOST_NAME = os.environ.get("FLEETDEPLOY_HOST", socket.gethostname())
+MAX_BODY = int(os.environ.get("DEMO_MAX_BODY", str(1024 * 1024)))
+
+
+class Handler(BaseHTTPRequestHandler):
+    server_version = "fleetdeploy-demo"
+    protocol_version = "HTTP/1.1"
+
+    def _send(self, status: int, payload: dict[str, object] | bytes, content_type: str = "application/json") -> None:
+        body = payload if isinstance(payload, bytes) else (json.dumps(payload) + "\n").encode()
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        if self.server.draining.is_set():  # type: ignore[attr-defined]
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+        if self.path == "/":
+            self._send(200, {"service": "demo", "release": RELEASE, "host": HOST_NAME})
+        elif self.path == "/version":
+            self._send(200, {"release": RELEASE})
+        elif self.path == "/healthz":
+            if UNHEALTHY:
+                self._send(500, {"status": "unhealthy", "release": RELEASE, "reason": "built with demo_unhealthy=true"})
+            else:
+                self._send(200, {"status": "ok", "release": RELEASE})
+        else:
+            self._send(404, {"error": "not found", "path": self.path})
+
+    def do_POST(self) -> None:  # noqa: N802
+        if self.path != "/echo":
+            self._send(404, {"error": "not found", "path": self.path})
+            return
+        length = int(self.headers.get("Content-Length") or 0)
+        if length > MAX_BODY:
+            self._send(413, {"error": f"body over {MAX_BODY} bytes"})
+            return
+        body = self.rfile.read(length)
+        self._send(200, body, self.headers.get("Content-Type") or "application/octet-stream")
+
+    def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+        print(json.dumps({"release": RELEASE, "client": self.client_address[0], "msg": format % args}), flush=True)
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = False  # server_close() joins the request threads: in-flight requests finish
+    allow_reuse_address = True
+
+    def __init__(self) -> None:
+        super().__init__(("0.0.0.0", PORT), Handler)
+        self.draining = threading.Event()
+
+
+def main() -> None:
+    server = Server()
+
+    def stop(signum: int, _frame: object) -> None:
+        server.draining.set()
+        # shutdown() blocks until serve_forever returns, so it must run off the main thread.
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    print(json.dumps({"release": RELEASE, "msg": f"listening on {PORT}", "unhealthy": UNHEALTHY}), flush=True)
+    server.serve_forever(poll_interval=0.2)
+    server.server_close()
+    print(json.dumps({"release": RELEASE, "msg": "stopped after finishing in-flight requests"}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
