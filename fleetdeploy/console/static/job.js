@@ -46,7 +46,7 @@
     pendingPaint = false;
     const head = grid.tHead.rows[0];
     const cols = state.columns.filter(Boolean);
-    head.innerHTML = "<th>host</th>" + cols.map((c) => `<th title="${esc(c.play)}">${esc(c.play)}<br><small>batch ${c.batch}</small></th>`).join("") + "<th>result</th>";
+    head.innerHTML = "<th>host</th>" + cols.map((c) => `<th title="${esc(c.play)}"><b>batch ${c.batch}</b><br><small>${esc(c.play)}</small></th>`).join("") + "<th>result</th>";
     const body = grid.tBodies[0];
     const hosts = [...state.hosts].sort((a, b) => a.localeCompare(b, undefined, { numeric: true }));
     body.innerHTML = hosts.map((h) => {

@@ -1,0 +1,130 @@
+"""End to end in Debian's headless Chromium, driven by Playwright: what a person sees and clicks.
+
+The console under test runs the fixture playbooks; pointing it at the lab is a matter of its config
+file (environment name -> inventory, action -> playbook), see docs/console.md.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import PASSWORDS, REPO, Server
+from fleetdeploy.console.jobs import job_processes
+
+pytestmark = pytest.mark.browser
+
+CHROMIUM = "/usr/bin/chromium"
+# Only 127.0.0.1 is reachable here: without these Chromium keeps trying Google's services.
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+# How long the UI may take to show a state the server reached: generous for a loaded 2-core machine.
+UI_TIMEOUT_MS = 90_000
+
+
+@pytest.fixture(scope="module")
+def browser_page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    if not os.path.exists(CHROMIUM):
+        done = subprocess.run(["bash", str(REPO / "scripts" / "ensure-browser.sh")], capture_output=True, text=True,
+                              check=False)
+        assert done.returncode == 0, done.stderr
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=UI_TIMEOUT_MS)
+    with sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            str(tmp_path_factory.mktemp("chromium-profile")), executable_path=CHROMIUM, headless=True,
+            args=CHROMIUM_ARGS, viewport={"width": 1400, "height": 1000})
+        context.set_default_timeout(UI_TIMEOUT_MS)
+        page = context.pages[0] if context.pages else context.new_page()
+        yield page
+        context.close()
+
+
+def sign_in(page: object, server: Server, user: str) -> None:
+    from playwright.sync_api import Page, expect
+
+    assert isinstance(page, Page)
+    page.context.clear_cookies()
+    page.goto(f"{server.url}/")
+    expect(page).to_have_url(re.compile(r"/login"))
+    page.fill("input[name=name]", user)
+    page.fill("input[name=password]", PASSWORDS[user])
+    page.click("button[type=submit]")
+    expect(page.locator("header .whoami")).to_contain_text(user)
+
+
+def test_deploy_from_the_browser_fills_the_grid_and_shows_the_release(browser_page: object, server: Server,
+                                                                       tmp_path: Path) -> None:
+    from playwright.sync_api import Page, expect
+
+    page = browser_page
+    assert isinstance(page, Page)
+    sign_in(page, server, "deployer")
+    page.click("#nav-launch")
+    expect(page.locator("#launch-form")).to_be_visible()
+    page.select_option("select[name=environment]", "fleet")
+    # The release list is what the registry holds, newest first.
+    options = page.locator("select[name=release] option").all_inner_texts()
+    assert options == ["v2.0.0", "v1.3.0", "v1.2.0", "v1.1.0", "v1.0.0"]
+    page.select_option("select[name=release]", "v2.0.0")
+    page.fill("textarea[name=extra_vars]", "fixture_step: 0")
+    page.click("#launch-button")
+    expect(page).to_have_url(re.compile(r"/jobs/\d+$"))
+    job_id = int(page.url.rsplit("/", 1)[1])
+
+    # The grid fills in: a host runs a task, rows for all six hosts, three batch columns ...
+    expect(page.locator("#grid td.cell.running").first).to_be_visible()
+    expect(page.locator("#grid tbody tr")).to_have_count(6)
+    expect(page.locator("#grid thead th", has_text="batch 3")).to_have_count(1)
+    # ... and turns green: the job succeeds, every host's result is changed, the recap is shown.
+    expect(page.locator("#job-status")).to_have_text("successful")
+    expect(page.locator("#grid td.result[data-result=changed]")).to_have_count(6)
+    expect(page.locator("#grid td.cell.failed")).to_have_count(0)
+    expect(page.locator("#recap tbody tr")).to_have_count(6)
+    expect(page.locator("#log")).to_contain_text("web6 now runs v2.0.0")
+    page.screenshot(path=str(tmp_path / "job.png"), full_page=True)
+
+    page.click("header a.brand")
+    fleet = page.locator("#env-fleet")
+    expect(fleet.locator("td.release", has_text="v2.0.0")).to_have_count(6)
+    expect(fleet.locator("table.jobs")).to_contain_text(f"#{job_id}")
+
+
+def test_a_viewer_gets_no_launch_button_and_a_403(browser_page: object, server: Server) -> None:
+    from playwright.sync_api import Page, expect
+
+    page = browser_page
+    assert isinstance(page, Page)
+    sign_in(page, server, "viewer")
+    expect(page.locator("#nav-launch")).to_have_count(0)
+    expect(page.locator("#env-fleet")).to_be_visible()
+    csrf = page.locator("form.whoami input[name=csrf]").get_attribute("value")
+    r = page.request.post(f"{server.url}/api/jobs", headers={"X-CSRF-Token": csrf or ""},
+                          data={"environment": "fleet", "action": "deploy", "release": "v2.0.0"})
+    assert r.status == 403 and "may not launch" in r.json()["detail"]
+    page.goto(f"{server.url}/launch")
+    expect(page.locator("#error")).to_contain_text("may not launch")
+
+
+def test_cancel_a_long_job_from_the_browser(browser_page: object, server: Server) -> None:
+    from playwright.sync_api import Page, expect
+
+    page = browser_page
+    assert isinstance(page, Page)
+    sign_in(page, server, "deployer")
+    page.goto(f"{server.url}/launch?action=soak&environment=fleet")
+    page.click("#launch-button")
+    expect(page).to_have_url(re.compile(r"/jobs/\d+$"))
+    job_id = int(page.url.rsplit("/", 1)[1])
+    expect(page.locator("#grid td.cell.running").first).to_be_visible()
+    page.click("#cancel-button")
+    expect(page.locator("#job-status")).to_have_text("canceled")
+    expect(page.locator("#job-explanation")).to_contain_text("canceled by deployer")
+    expect(page.locator("#cancel-button")).to_have_count(0)
+    assert job_processes(job_id) == []

@@ -1,0 +1,164 @@
+"""The console's parts on their own: grid, redaction, registry client, retention, schema, config, CLI."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from conftest import CONSOLE, FIXTURES, REPOSITORY, SECRETS, TAGS, VAULT_PASSWORD, FakeRegistry, server_env
+from fleetdeploy.console import config as configmod
+from fleetdeploy.console.config import RegistryConfig
+from fleetdeploy.console.db import Base, Job, JobEvent, make_engine, migrate
+from fleetdeploy.console.grid import Grid
+from fleetdeploy.console.jobs import JobManager, slim_event
+from fleetdeploy.console.notify import Notifier, message
+from fleetdeploy.console.redact import MASK, Redactor, vault_secret_values
+from fleetdeploy.console.registry import RegistryClient, RegistryError
+
+
+def ev(kind: str, host: str | None = None, **data: Any) -> dict[str, Any]:
+    return {"event": kind, "event_data": {"host": host, **data} if host else data}
+
+
+def test_grid_opens_a_column_per_batch_and_keeps_the_worst_state() -> None:
+    g = Grid()
+    g.plan(["a", "b", "c"])
+    assert g.apply(ev("playbook_on_play_start", play="Deploy", play_uuid="1"))["column"]["batch"] == 1
+    assert g.apply(ev("runner_on_start", "a", task="Pull"))["cell"] == {
+        "host": "a", "col": 0, "state": "ok", "task": "Pull", "running": True}
+    g.apply(ev("runner_on_ok", "a", task="Pull", res={"changed": True}))
+    g.apply(ev("runner_on_ok", "a", task="Check", res={"changed": False}))
+    g.apply(ev("runner_on_failed", "b", task="Pull", res={}, ignore_errors=True))
+    assert g.apply(ev("playbook_on_play_start", play="Deploy", play_uuid="2"))["column"]["batch"] == 2
+    g.apply(ev("runner_on_unreachable", "c", task="Pull", res={}))
+    snap = g.snapshot()
+    cells = {(c["host"], c["col"]): c["state"] for c in snap["cells"]}
+    assert cells == {("a", 0): "changed", ("b", 0): "ok", ("c", 1): "unreachable"}
+    assert snap["results"] == {"a": "changed", "b": "ok", "c": "unreachable"}
+    g.apply(ev("playbook_on_stats", changed={"a": 1}, ok={"a": 2, "b": 1}, dark={"c": 1}, failures={}))
+    assert g.host_results() == {"a": "changed", "b": "ok", "c": "unreachable"}
+    assert g.recap["c"]["dark"] == 1
+
+
+def test_redactor_masks_known_values_secret_keys_and_no_log_results() -> None:
+    red = Redactor(["hunter2-long", "abc"])  # too short to mask safely: ignored
+    out = red.value({
+        "stdout": "password is hunter2-long, abc",
+        "res": {"db_password": "x1", "api_token": 42, "nested": [{"msg": "hunter2-long"}],
+                "invocation": {"module_args": {"secret": "y"}}},
+        "other": {"_ansible_no_log": True, "stdout": "hunter2-long"},
+    })
+    assert out["stdout"] == f"password is {MASK}, abc"
+    assert out["res"] == {"db_password": MASK, "api_token": MASK, "nested": [{"msg": MASK}]}
+    assert "hunter2-long" not in str(out["other"])
+
+
+def test_slim_event_keeps_what_the_view_needs_and_masks_the_rest() -> None:
+    raw = {"counter": 3, "event": "runner_on_ok", "created": "t", "uuid": "u", "pid": 1,
+           "stdout": f"ok: [web1] => {SECRETS['vault_fixture_secret']}",
+           "event_data": {"host": "web1", "task": "T", "res": {"changed": True, "msg": "m", "stdout": "big",
+                                                                 "ansible_facts": {"x": 1}},
+                          "task_args": "password=1", "remote_addr": "10.0.0.1"}}
+    slim = slim_event(raw, Redactor([SECRETS["vault_fixture_secret"]]))
+    assert slim["stdout"] == f"ok: [web1] => {MASK}"
+    assert slim["event_data"] == {"host": "web1", "task": "T", "res": {"changed": True, "msg": "m"}}
+
+
+def test_vault_values_are_found_in_vault_files_and_inline_strings() -> None:
+    found = vault_secret_values([FIXTURES / "inventories" / "fleet"], VAULT_PASSWORD)
+    assert {SECRETS["vault_fixture_secret"], SECRETS["vault_inline_token"], VAULT_PASSWORD} <= found
+
+
+def test_registry_client_follows_pages_and_reports_refusals(registry: FakeRegistry) -> None:
+    good = RegistryClient(RegistryConfig(url=registry.url, username="ci", password_value=SECRETS["registry_password"]))
+    assert good.tags(REPOSITORY) == TAGS
+    assert sum("last=" in r for r in registry.requests) >= 2, "pagination (Link: rel=next) was not followed"
+    with pytest.raises(RegistryError, match="no repository"):
+        good.tags("fleetdeploy/nothing")
+    bad = RegistryClient(RegistryConfig(url=registry.url, username="ci", password_value="wrong"))
+    with pytest.raises(RegistryError, match="refused the credentials"):
+        bad.tags(REPOSITORY)
+    down = RegistryClient(RegistryConfig(url="https://127.0.0.1:9", timeout=1))
+    with pytest.raises(RegistryError, match="did not answer"):
+        down.tags(REPOSITORY)
+
+
+def test_migrations_build_exactly_the_models(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    migrate(url)
+    migrate(url)  # idempotent
+    with make_engine(url).connect() as conn:
+        assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+
+
+def test_retention_prunes_old_and_surplus_jobs(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    migrate(url)
+    cfg = configmod.load(None, database=url, data_dir=tmp_path)
+    cfg = dataclasses.replace(cfg, retention_days=7, retention_jobs=3)
+    from sqlalchemy.orm import sessionmaker
+
+    sessions = sessionmaker(make_engine(url), expire_on_commit=False)
+    with sessions() as db:
+        for i in range(6):
+            created = dt.datetime.now(dt.timezone.utc).replace(tzinfo=None) - dt.timedelta(days=30 if i == 3 else 0)
+            db.add(Job(id=i + 1, environment="e", action="deploy", playbook="p", extra_vars={}, launched_by="u",
+                       status="successful", created_at=created, events_pruned=False))
+            db.add(JobEvent(job_id=i + 1, counter=1, event="x", data={}))
+            (tmp_path / "runs" / str(i + 1)).mkdir(parents=True)
+        db.commit()
+    pruned = JobManager(cfg, sessions, Notifier(None)).prune()
+    assert sorted(pruned) == [1, 2, 3, 4]  # 1-3 beyond the newest three, 4 older than a week
+    assert not (tmp_path / "runs" / "1").exists() and (tmp_path / "runs" / "5").exists()
+    with sessions() as db:
+        assert {e.job_id for e in db.query(JobEvent)} == {5, 6}
+
+
+def test_config_file_errors_name_the_place(tmp_path: Path) -> None:
+    path = tmp_path / "c.yml"
+    path.write_text("environments:\n  prod: {inventory: 3}\n")
+    with pytest.raises(configmod.ConfigError, match="environments/prod/inventory"):
+        configmod.load(path)
+    path.write_text("actions:\n  deploy: {playbook: x.yml, extra_vars_schema: {type: wrong}}\n")
+    with pytest.raises(configmod.ConfigError, match="extra_vars_schema"):
+        configmod.load(path)
+
+
+def test_default_config_maps_the_checkout(tmp_path: Path) -> None:
+    cfg = configmod.load(None, data_dir=tmp_path)
+    assert {"local", "staging", "prod"} <= set(cfg.environments)
+    assert cfg.environments["prod"].inventory == configmod.REPO / "inventories" / "prod"
+    assert cfg.actions["deploy"].playbook == configmod.REPO / "deploy.yml"
+    assert cfg.actions["provision"].playbook.name == "site.yml" and cfg.actions["provision"].role == "admin"
+    assert cfg.database == f"sqlite:///{tmp_path / 'console.db'}"
+
+
+def test_notification_payload_is_slack_compatible() -> None:
+    job = {"id": 7, "action": "deploy", "environment": "prod", "release": "v2", "status": "failed",
+           "launched_by": "ana"}
+    payload = message(job, "https://console.example")
+    assert payload["text"].startswith(":x: deploy of prod to v2 failed by ana")
+    assert "<https://console.example/jobs/7|job 7>" in payload["text"]
+
+
+def test_cli_create_user_reads_the_password_from_stdin_and_refuses_duplicates(tmp_path: Path) -> None:
+    db = f"sqlite:///{tmp_path / 'cli.db'}"
+
+    def run(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+        return subprocess.run([str(CONSOLE), *args, "--database", db], input=stdin, capture_output=True, text=True,
+                              env=server_env(), timeout=60, check=False)
+
+    assert run("create-user", "ana", "--role", "deployer", "--password-stdin", stdin="short\n").returncode != 0
+    ok = run("create-user", "ana", "--role", "deployer", "--environments", "staging", "--password-stdin",
+             stdin="a-long-enough-password\n")
+    assert ok.returncode == 0 and "deployer on staging" in ok.stdout
+    again = run("create-user", "ana", "--role", "admin", "--password-stdin", stdin="a-long-enough-password\n")
+    assert again.returncode != 0 and "exists" in again.stderr
+    assert run("migrate").returncode == 0
