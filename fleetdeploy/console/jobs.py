@@ -419,7 +419,7 @@ class JobManager:
                 item = None
             if item is _END:
                 break
-            if isinstance(item, dict) and "_status" not in item:
+            if isinstance(item, dict) and "_status" not in item and not _is_prompt(item):
                 ev = slim_event(item, redactor)
                 live.received += 1
                 with live.lock:
@@ -514,6 +514,11 @@ class JobManager:
         for job_id in old:
             shutil.rmtree(self.config.runs_dir / str(job_id), ignore_errors=True)
         return list(old)
+
+
+def _is_prompt(event: dict[str, Any]) -> bool:
+    """The vault prompt that runner answers echoes into the output: noise, not an event."""
+    return event.get("event") == "verbose" and (event.get("stdout") or "").strip() == "Vault password:"
 
 
 class _Canceled(Exception):

@@ -88,6 +88,7 @@ def test_deploy_from_the_browser_fills_the_grid_and_shows_the_release(browser_pa
     expect(page.locator("#grid td.cell.failed")).to_have_count(0)
     expect(page.locator("#recap tbody tr")).to_have_count(6)
     expect(page.locator("#log")).to_contain_text("web6 now runs v2.0.0")
+    expect(page.locator("#log")).not_to_contain_text("Vault password")
     page.screenshot(path=str(tmp_path / "job.png"), full_page=True)
 
     page.click("header a.brand")

@@ -92,7 +92,7 @@
         g.hosts.forEach(addHost);
         g.cells.forEach((c) => state.cells.set(c.host + "\u0000" + c.col, c));
         state.results = Object.assign({}, FINAL.includes(msg.job.status) ? g.results : {});
-        setStatus(msg.job.status);
+        setStatus(msg.job.status, msg.job.explanation);
         recap(g.recap);
         break;
       }
