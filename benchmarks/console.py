@@ -158,6 +158,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3, help="repetitions of each timed run (median reported)")
     args = parser.parse_args()
 
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="console-bench-") as tmp:
         console = Console(Path(tmp))
         starts = []
@@ -184,7 +185,9 @@ def main() -> int:
     all_lat = [x for run in deploys + floods for x in run["latencies"]]
     deploy_lat = [x for run in deploys for x in run["latencies"]]
     result = {
-        "machine": {"cores": os.cpu_count(), "python": sys.version.split()[0]},
+        # Other work on the machine skews every figure: the load average says how much there was.
+        "machine": {"cores": os.cpu_count(), "python": sys.version.split()[0],
+                    "load_average_1m": {"before": round(load_before, 1), "after": round(os.getloadavg()[0], 1)}},
         "startup_seconds": {"median": round(statistics.median(starts), 3), "runs": [round(s, 3) for s in starts]},
         "rss_mb": {"at_rest": round(rest, 1),
                    "peak_during_6_host_deploy": round(max(r["peak_rss"] for r in deploys), 1),

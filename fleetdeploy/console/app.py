@@ -325,6 +325,9 @@ def create_app(config: Config, console: Console | None = None) -> FastAPI:
             log.warning("jobs %s were left running by a previous console: marked interrupted", interrupted)
         await asyncio.to_thread(console.jobs.prune)
         yield
+        stopped = await asyncio.to_thread(console.jobs.shutdown)
+        if stopped:
+            log.warning("stopped jobs %s on shutdown: marked interrupted", stopped)
 
     app = FastAPI(title="fleetdeploy console", version="1", lifespan=lifespan,
                   description="Launch fleetdeploy's playbooks and watch them host by host. "

@@ -52,6 +52,10 @@ _END = object()
 _SLIM_RES_KEYS = ("msg", "changed", "failed", "unreachable", "skipped", "rc", "stderr", "censored", "skip_reason")
 
 
+class ShuttingDown(Exception):
+    """The console is stopping and takes no new job."""
+
+
 class Busy(Exception):
     """Another job holds the environment."""
 
@@ -208,6 +212,7 @@ class JobManager:
         self._env_lock = threading.Lock()
         self._busy: dict[str, int] = {}
         self._redactors: dict[str, tuple[float, Redactor]] = {}
+        self._stopping = False
 
     # ----- start-up ---------------------------------------------------------------------------
 
@@ -223,6 +228,18 @@ class JobManager:
                     f"; {len(killed)} leftover process(es) were killed" if killed else "")
             db.commit()
             return [j.id for j in stale]
+
+    def shutdown(self, timeout: float = 20.0) -> list[int]:
+        """The console is stopping: stop every running job and mark it interrupted, not left running."""
+        self._stopping = True
+        running = [j for j in list(self.live.values()) if not j.done.is_set()]
+        for job in running:
+            job.canceled_by = "console shutdown"
+            job.cancel_requested.set()
+        deadline = time.monotonic() + timeout
+        for job in running:
+            job.done.wait(max(0.0, deadline - time.monotonic()))
+        return [j.id for j in running]
 
     # ----- launching --------------------------------------------------------------------------
 
@@ -269,6 +286,8 @@ class JobManager:
                user: str, on_created: Callable[[Session, Job], None] | None = None) -> int:
         """Create the job and start it; raises Busy if the environment already runs one."""
         with self._env_lock:
+            if self._stopping:
+                raise ShuttingDown("the console is shutting down; launch again once it is back")
             holder = self.busy_job(env.name)
             if holder:
                 raise Busy(holder)
@@ -455,6 +474,8 @@ class JobManager:
         live.publish({"type": "status", "status": status})
 
     def _finish(self, live: LiveJob, status: str, rc: int | None, explanation: str | None) -> None:
+        if self._stopping and status == "canceled" and live.canceled_by == "console shutdown":
+            status, explanation = "interrupted", "the console was stopped while this job ran"
         with live.lock:
             summary = live.grid.snapshot()
         summary["events"] = live.received
@@ -492,7 +513,9 @@ class JobManager:
         except Exception:
             log.exception("pruning old jobs failed")
         # Keep the finished job in memory briefly so late subscribers still get the live stream.
-        threading.Timer(60.0, self.live.pop, args=(live.id, None)).start()
+        forget = threading.Timer(60.0, self.live.pop, args=(live.id, None))
+        forget.daemon = True
+        forget.start()
 
     # ----- retention --------------------------------------------------------------------------
 

@@ -197,7 +197,7 @@ class Console:
         return LaunchRequest(env, action, release, extra_vars)
 
     def launch(self, who: Principal, req: LaunchRequest, ip: str | None) -> int:
-        from fleetdeploy.console.jobs import Busy
+        from fleetdeploy.console.jobs import Busy, ShuttingDown
 
         def record(db: Session, job: Job) -> None:
             self.audit(db, who.name, "job_launch", f"job {job.id}", ip=ip, environment=req.environment.name,
@@ -207,6 +207,8 @@ class Console:
             return self.jobs.launch(req.environment, req.action, req.release, req.extra_vars, who.name, record)
         except Busy as busy:
             raise ConsoleError(409, str(busy), running=busy.job) from busy
+        except ShuttingDown as exc:
+            raise ConsoleError(503, str(exc)) from exc
 
     def cancel(self, who: Principal, job_id: int, ip: str | None) -> dict[str, Any]:
         job = self.job(who, job_id)

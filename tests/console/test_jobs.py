@@ -11,6 +11,9 @@ from typing import Any
 import httpx
 
 from conftest import Client, Server, cli, start_server, write_config
+from sqlalchemy import text
+
+from fleetdeploy.console.db import make_engine
 from fleetdeploy.console.jobs import job_processes
 
 
@@ -146,9 +149,18 @@ def test_a_console_restart_marks_running_jobs_interrupted(tmp_path: Path, regist
         # The environment is free again.
         nxt = api.post("/api/jobs", json={"environment": "fleet", "action": "soak"})
         assert nxt.status_code == 201, nxt.text
-        api.post(f"/api/jobs/{nxt.json()['id']}/cancel")
+        nxt_id = nxt.json()["id"]
+        deadline = time.monotonic() + 60
+        while not any("sleep 90" in _cmdline(p) for p in job_processes(nxt_id)):
+            assert time.monotonic() < deadline, "the job never started its task"
+            time.sleep(0.2)
     finally:
-        second.stop()
+        second.stop()  # SIGTERM: a clean stop interrupts its jobs itself
+    assert job_processes(nxt_id) == []
+    with make_engine(f"sqlite:///{tmp_path / 'data' / 'console.db'}").connect() as conn:
+        status, explanation = conn.execute(text("SELECT status, explanation FROM jobs WHERE id = :i"),
+                                           {"i": nxt_id}).one()
+    assert status == "interrupted" and "stopped" in explanation
 
 
 def test_notifications_on_start_and_finish(webhook: tuple[str, list[dict[str, Any]]],
