@@ -109,9 +109,12 @@ def dashboard(request: Request) -> Response:
 
 
 @router.get("/launch")
-def launch_page(request: Request, environment: str = "", action: str = "", error: str = "",
-                extra_vars: str = "") -> Response:
-    who = page_principal(request)
+def launch_page(request: Request, environment: str = "", action: str = "") -> Response:
+    return _launch_view(request, page_principal(request), environment, action)
+
+
+def _launch_view(request: Request, who: Principal, environment: str, action: str, error: str = "",
+                 extra_vars: str = "", status: int = 200) -> Response:
     console = console_of(request)
     envs = [e for e in console.config.environments if who.may("deployer", e)]
     if not envs:
@@ -125,7 +128,7 @@ def launch_page(request: Request, environment: str = "", action: str = "", error
             tags = console.releases(chosen, fresh=True)
         except ConsoleError as exc:
             registry_error = exc.message
-    return render(request, "launch.html", who, environments=envs, actions=actions, chosen=chosen,
+    return render(request, "launch.html", who, status=status, environments=envs, actions=actions, chosen=chosen,
                   environment=environment or envs[0], tags=list(reversed(tags)) if tags else tags,
                   registry_error=registry_error, error=error, extra_vars=extra_vars,
                   schema=json.dumps(chosen.extra_vars_schema, indent=2) if chosen else "")
@@ -148,9 +151,9 @@ async def launch(request: Request) -> Response:
     except ConsoleError as exc:
         if exc.status in (401,):
             raise
-        query = urlencode({"environment": form.get("environment", ""), "action": form.get("action", ""),
-                           "error": exc.message, "extra_vars": text})
-        return RedirectResponse(f"/launch?{query}", status_code=303)
+        # Rendered in place, not redirected: the extra vars must not travel in a URL (and the access log).
+        return _launch_view(request, who, form.get("environment", ""), form.get("action", ""), exc.message, text,
+                            exc.status)
     return RedirectResponse(f"/jobs/{job_id}", status_code=303)
 
 

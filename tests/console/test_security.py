@@ -246,3 +246,17 @@ def test_pages_carry_no_inline_script_for_the_csp(admin: Client) -> None:
     page = admin.get("/").text
     assert not re.search(r"<script>(?!\s*</script>)", page)
     assert "script-src 'self'" in admin.get("/").headers["content-security-policy"]
+
+
+def test_launch_form_errors_are_shown_in_place_and_start_nothing(server: Server, admin: Client) -> None:
+    deployer = Client(server, "deployer")
+    before = job_count(admin)
+    form = {"csrf": deployer.csrf, "environment": "fleet", "action": "deploy", "release": "v1.2.0",
+            "extra_vars": "fixture_batch: [unclosed"}
+    r = deployer.http.post("/launch", data=form)
+    assert r.status_code == 422 and "not valid YAML or JSON" in r.text
+    assert "fixture_batch: [unclosed" in r.text  # kept in the form, not sent through a URL
+    form["extra_vars"] = "fixture_batch: 99"
+    r = deployer.http.post("/launch", data=form)
+    assert r.status_code == 422 and "fixture_batch" in r.text and "99 is greater than the maximum" in r.text
+    assert job_count(admin) == before

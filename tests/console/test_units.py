@@ -162,3 +162,12 @@ def test_cli_create_user_reads_the_password_from_stdin_and_refuses_duplicates(tm
     again = run("create-user", "ana", "--role", "admin", "--password-stdin", stdin="a-long-enough-password\n")
     assert again.returncode != 0 and "exists" in again.stderr
     assert run("migrate").returncode == 0
+
+
+def test_the_lab_example_config_maps_the_checkout() -> None:
+    cfg = configmod.load(configmod.REPO / "fleetdeploy" / "console" / "examples" / "lab.yml")
+    assert cfg.project_dir == configmod.REPO
+    assert cfg.environments["local"].inventory == configmod.REPO / "inventories" / "local"
+    assert cfg.actions["deploy"].playbook == configmod.REPO / "deploy.yml"
+    assert cfg.actions["deploy"].release is not None and cfg.actions["deploy"].release.repository == "demo"
+    assert cfg.registry is not None and cfg.registry.url == "https://127.0.0.1:5443"
