@@ -331,7 +331,8 @@ def create_app(config: Config, console: Console | None = None) -> FastAPI:
 
     app = FastAPI(title="fleetdeploy console", version="1", lifespan=lifespan,
                   description="Launch fleetdeploy's playbooks and watch them host by host. "
-                              "Authenticate with `Authorization: Bearer <token>` (see `fleetdeploy-console create-token`).")
+                              "Authenticate with `Authorization: Bearer <token>` "
+                              "(see `fleetdeploy-console create-token`).")
     app.state.console = console
 
     @app.exception_handler(ConsoleError)

@@ -58,7 +58,7 @@ class Grid:
                     self.hosts.append(host)
             return {"recap": self.recap}
 
-        host = data.get("host")
+        host = str(data.get("host") or "")
         if not host or not kind.startswith("runner_on_") or not self.columns:
             return {}
         if host not in self.hosts:

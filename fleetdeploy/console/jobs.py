@@ -22,7 +22,6 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Callable
 
 import ansible_runner
@@ -189,18 +188,14 @@ def slim_event(raw: dict[str, Any], redactor: Redactor) -> dict[str, Any]:
     stdout = raw.get("stdout") or ""
     if len(stdout) > MAX_STDOUT:
         stdout = stdout[:MAX_STDOUT] + "\n… (cut)"
-    ev = {
-        "counter": raw.get("counter"),
-        "event": raw.get("event"),
-        "created": raw.get("created"),
-        "stdout": stdout,
-        "event_data": {k: data[k] for k in ("host", "task", "play", "play_uuid", "task_action", "ignore_errors",
-                                            "ok", "changed", "failures", "dark", "skipped", "rescued", "ignored",
-                                            "duration") if k in data},
-    }
+    kept: dict[str, Any] = {k: data[k] for k in ("host", "task", "play", "play_uuid", "task_action", "ignore_errors",
+                                                 "ok", "changed", "failures", "dark", "skipped", "rescued",
+                                                 "ignored", "duration") if k in data}
     if res is not None:
-        ev["event_data"]["res"] = res
-    return redactor.value(ev)
+        kept["res"] = res
+    ev = {"counter": raw.get("counter"), "event": raw.get("event"), "created": raw.get("created"),
+          "stdout": stdout, "event_data": kept}
+    return redactor.value(ev)  # type: ignore[no-any-return]
 
 
 class JobManager:
@@ -399,7 +394,8 @@ class JobManager:
     def _plan(self, live: LiveJob, env: Environment, action: Action, extra_vars: dict[str, Any],
               vault_cmd: list[str], envvars: dict[str, str]) -> None:
         """Ask ansible-playbook which hosts the plays will touch, so the grid shows them as pending."""
-        cmd = [shutil.which("ansible-playbook", path=envvars["PATH"]) or "ansible-playbook", "--list-hosts", "-i", str(env.inventory), str(action.playbook), *vault_cmd]
+        playbook_cmd = shutil.which("ansible-playbook", path=envvars["PATH"]) or "ansible-playbook"
+        cmd = [playbook_cmd, "--list-hosts", "-i", str(env.inventory), str(action.playbook), *vault_cmd]
         if extra_vars:
             cmd += ["-e", json.dumps(extra_vars)]
         envvars = {**os.environ, **envvars, "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_NOCOLOR": "1"}

@@ -86,10 +86,10 @@ async def login(request: Request) -> Response:
         if headers:
             resp.headers.update(headers)
         return resp
-    resp = RedirectResponse(nxt, status_code=303)
-    resp.set_cookie(COOKIE, cookie, httponly=True, samesite="strict", secure=_secure(request),
+    done = RedirectResponse(nxt, status_code=303)
+    done.set_cookie(COOKIE, cookie, httponly=True, samesite="strict", secure=_secure(request),
                     max_age=int(console.config.session_hours * 3600), path="/")
-    return resp
+    return done
 
 
 @router.post("/logout")
@@ -163,7 +163,11 @@ def history(request: Request, environment: str = "", action: str = "", status: s
     who = page_principal(request)
     console = console_of(request)
     jobs = console.list_jobs(who, environment or None, action or None, status or None, user or None, before, 50)
-    more = f"/jobs?{urlencode({'environment': environment, 'action': action, 'status': status, 'user': user, 'before': jobs[-1]['id']})}" if len(jobs) == 50 else ""
+    more = ""
+    if len(jobs) == 50:
+        query = {"environment": environment, "action": action, "status": status, "user": user,
+                 "before": jobs[-1]["id"]}
+        more = f"/jobs?{urlencode(query)}"
     return render(request, "jobs.html", who, jobs=jobs, more=more,
                   filters={"environment": environment, "action": action, "status": status, "user": user},
                   environments=[e for e in console.config.environments if who.sees(e)],

@@ -236,7 +236,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, registry: FakeRegistry,
     printed = done.stdout.splitlines()
     assert printed[0] == "user admin: admin on every environment"
     srv = start_server(root, config)
-    srv.tokens.update(zip([t[0] for t in tokens], printed[len(users):]))
+    srv.tokens.update(zip([t[0] for t in tokens], printed[len(users):], strict=True))
     yield srv
     srv.stop()
 
