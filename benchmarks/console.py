@@ -2,7 +2,8 @@
 
 - start-up: `fleetdeploy-console serve` spawned -> /healthz answers (fresh SQLite, migrations included)
 - memory: the console's RSS at rest, and its peak during a 6-host deploy (Ansible's own processes apart)
-- overhead: wall time of the same 6-host deploy and of an event flood, plain ansible-playbook vs. through the console
+- overhead: wall time of the same 6-host deploy and of an event flood: plain ansible-playbook, ansible-runner
+  alone (its own callback and output loop), and through the console
 - ingestion: events per second the console stores and streams during the flood
 - event-to-browser latency: Ansible's event timestamp -> the event read off the SSE stream by a client
 
@@ -71,6 +72,23 @@ def plain_run(playbook: str, *extra: str) -> float:
     subprocess.run([str(BIN / "ansible-playbook"), "-i", str(FIXTURES / "inventories" / "fleet"),
                     "--vault-password-file", str(FIXTURES / "vault-password"), str(FIXTURES / "playbooks" / playbook),
                     *extra], cwd=FIXTURES, env=env, check=True, capture_output=True)
+    return time.monotonic() - start
+
+
+def runner_run(playbook: str, root: Path, **extravars: Any) -> float:
+    """The same playbook through ansible-runner alone, no console: what runner itself costs."""
+    import ansible_runner
+
+    os.environ["ANSIBLE_CONFIG"] = str(FIXTURES / "ansible.cfg")
+    os.environ["PATH"] = f"{BIN}:{os.environ['PATH']}"
+    data = Path(tempfile.mkdtemp(dir=root))
+    start = time.monotonic()
+    run = ansible_runner.run(private_data_dir=str(data), project_dir=str(FIXTURES),
+                             playbook=str(FIXTURES / "playbooks" / playbook),
+                             inventory=str(FIXTURES / "inventories" / "fleet"), extravars=extravars or None,
+                             cmdline=f"--vault-password-file {FIXTURES / 'vault-password'}", quiet=True,
+                             suppress_env_files=True, event_handler=lambda _event: False)
+    assert run.status == "successful", run.status
     return time.monotonic() - start
 
 
@@ -173,8 +191,10 @@ def main() -> int:
         rest = rss_mb(console.proc.pid)
 
         deploy_plain = [plain_run("deploy.yml", "-e", "release=v1") for _ in range(args.runs)]
+        deploy_runner = [runner_run("deploy.yml", Path(tmp), release="v1") for _ in range(args.runs)]
         deploys = [console.run_job("deploy", "v1") for _ in range(args.runs)]
         flood_plain = [plain_run("flood.yml") for _ in range(args.runs)]
+        flood_runner = [runner_run("flood.yml", Path(tmp)) for _ in range(args.runs)]
         floods = [console.run_job("flood") for _ in range(args.runs)]
         console.stop()
 
@@ -194,12 +214,14 @@ def main() -> int:
                    "peak_during_event_flood": round(max(r["peak_rss"] for r in floods), 1)},
         "deploy_6_hosts_seconds": {
             "plain_ansible_playbook": round(statistics.median(deploy_plain), 2),
+            "ansible_runner_alone": round(statistics.median(deploy_runner), 2),
             "through_console": round(statistics.median(r["wall"] for r in deploys), 2),
             "events": deploys[0]["events"],
         },
         "event_flood": {
             "events": floods[0]["events"],
             "plain_ansible_playbook_seconds": round(statistics.median(flood_plain), 2),
+            "ansible_runner_alone_seconds": round(statistics.median(flood_runner), 2),
             "through_console_seconds": round(statistics.median(r["wall"] for r in floods), 2),
             "ingested_events_per_second": round(statistics.median(rate(r) for r in floods), 1),
         },

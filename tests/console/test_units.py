@@ -91,8 +91,18 @@ def test_registry_client_follows_pages_and_reports_refusals(registry: FakeRegist
 
 
 def test_migrations_build_exactly_the_models(tmp_path: Path) -> None:
+    from alembic.config import Config as AlembicConfig
+    from alembic.script import ScriptDirectory
+
+    from fleetdeploy.console.db import HEAD, MIGRATIONS, current_revision
+
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    assert ScriptDirectory.from_config(cfg).get_current_head() == HEAD
     url = f"sqlite:///{tmp_path / 'c.db'}"
+    assert current_revision(url) is None
     migrate(url)
+    assert current_revision(url) == HEAD
     migrate(url)  # idempotent
     with make_engine(url).connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
