@@ -21,8 +21,13 @@ setup: venv engine ## Everything the other targets need on this machine
 image: setup ## Build (or reuse) the Debian 12 and 13 host images
 	ansible-playbook playbooks/lab_image.yml
 
-lab: setup ## Bring up the lab, provision it and deploy the default release
+RELEASE ?= v1
+
+lab: setup ## Bring up the lab, provision it and deploy release $(RELEASE) (default v1)
 	ansible-playbook playbooks/lab.yml
+	ansible-playbook site.yml
+	ansible-playbook playbooks/build.yml -e release=$(RELEASE)
+	ansible-playbook deploy.yml -e release=$(RELEASE)
 	@bash scripts/lab-summary.sh
 
 lab-destroy: venv ## Remove the lab's containers, network, volumes and keys

@@ -16,10 +16,12 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 RELEASE = os.environ.get("DEMO_RELEASE", "unknown")
-# A release built with demo_unhealthy=true never passes its health check (for failure-path tests).
-UNHEALTHY = os.environ.get("DEMO_UNHEALTHY", "false").lower() == "true"
 PORT = int(os.environ.get("PORT", "8000"))
 HOST_NAME = os.environ.get("FLEETDEPLOY_HOST", socket.gethostname())
+# A release built with demo_unhealthy=true never passes its health check (for failure-path tests);
+# demo_unhealthy=app2,app3 fails only on those hosts (a failure in a later batch).
+_UNHEALTHY = os.environ.get("DEMO_UNHEALTHY", "false").lower()
+UNHEALTHY = _UNHEALTHY == "true" or HOST_NAME in _UNHEALTHY.split(",")
 MAX_BODY = int(os.environ.get("DEMO_MAX_BODY", str(1024 * 1024)))
 
 
@@ -45,7 +47,7 @@ class Handler(BaseHTTPRequestHandler):
             self._send(200, {"release": RELEASE})
         elif self.path == "/healthz":
             if UNHEALTHY:
-                self._send(500, {"status": "unhealthy", "release": RELEASE, "reason": "built with demo_unhealthy=true"})
+                self._send(500, {"status": "unhealthy", "release": RELEASE, "reason": f"built with demo_unhealthy={_UNHEALTHY}"})
             else:
                 self._send(200, {"status": "ok", "release": RELEASE})
         else:
