@@ -5,7 +5,7 @@ export PATH := $(VENV)/bin:$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export ANSIBLE_FORCE_COLOR ?= true
 
-.PHONY: help setup venv engine image lab lab-destroy lint test lock bench
+.PHONY: help setup venv engine browser image lab lab-destroy console lint test lock bench
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -15,6 +15,9 @@ venv: ## Create .venv from the pins (fast when nothing changed)
 
 engine: ## Make sure a Docker engine answers, installing and starting one if needed
 	@bash scripts/ensure-engine.sh
+
+browser: ## Install Debian's Chromium for the console's browser test, when missing
+	@bash scripts/ensure-browser.sh
 
 setup: venv engine ## Everything the other targets need on this machine
 
@@ -36,11 +39,15 @@ lab-destroy: venv ## Remove the lab's containers, network, volumes and keys
 lint: venv ## ansible-lint (production profile), yamllint and a syntax check of every playbook
 	bash scripts/lint.sh
 
-test: setup image lint ## The whole test suite, from a clean clone
+console: setup ## Run the deploy console against the lab on http://127.0.0.1:8765
+	fleetdeploy-console serve --config fleetdeploy/console/examples/lab.yml
+
+test: setup browser image lint ## The whole test suite, from a clean clone
 	pytest
 
 bench: setup image ## Timings of setup, image and lab (JSON)
 	python benchmarks/foundation.py
+	python benchmarks/console.py
 
 lock: ## Re-pin constraints.txt from requirements.txt (needs PyPI)
 	bash scripts/lock.sh
