@@ -43,7 +43,7 @@ console: setup ## Run the deploy console against the lab on http://127.0.0.1:876
 	fleetdeploy-console serve --config fleetdeploy/console/examples/lab.yml
 
 test: setup browser image lint ## The whole test suite, from a clean clone
-	pytest
+	pytest -n 3
 
 bench: setup image ## Timings of setup, image and lab (JSON)
 	python benchmarks/foundation.py

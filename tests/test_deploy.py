@@ -211,3 +211,52 @@ def test_growing_from_three_to_four_hosts_under_load(lab: Lab) -> None:
     for _ in range(40):
         seen.add(json.loads(lab.exec("lb1", "curl", "-sS", "http://127.0.0.1:8080/"))["host"])
     assert "app4" in seen, seen
+
+
+def test_with_an_alb_each_host_leaves_its_target_groups_before_its_containers_change(lab: Lab) -> None:
+    """lb_provider alb against moto's server: deregister (waiting out the real deregistration delay),
+    swap, register and wait for healthy, host by host, in that order."""
+    import boto3
+
+    from moto_endpoint import MotoEndpoint
+
+    with MotoEndpoint() as aws:
+        os.environ.update(aws.env())
+        try:
+            ec2, elb = boto3.client("ec2"), boto3.client("elbv2")
+            vpc = ec2.describe_vpcs()["Vpcs"][0]["VpcId"]
+            image = ec2.describe_images()["Images"][0]["ImageId"]
+            hosts = lab.app_hosts()
+            ids = [i["InstanceId"] for i in ec2.run_instances(ImageId=image, MinCount=len(hosts),
+                                                              MaxCount=len(hosts))["Instances"]]
+            groups = []
+            for name in ("web", "api"):
+                arn = elb.create_target_group(Name=name, Protocol="HTTP", Port=80, VpcId=vpc,
+                                              TargetType="instance")["TargetGroups"][0]["TargetGroupArn"]
+                elb.modify_target_group_attributes(
+                    TargetGroupArn=arn, Attributes=[{"Key": "deregistration_delay.timeout_seconds", "Value": "2"}])
+                elb.register_targets(TargetGroupArn=arn, Targets=[{"Id": i, "Port": 80} for i in ids])
+                groups.append(arn)
+            host_vars = lab.inventory / "host_vars"
+            host_vars.mkdir(exist_ok=True)
+            for host, instance in zip(hosts, ids):
+                (host_vars / f"{host}.yml").write_text(f"ec2_instance_id: {instance}\n")
+            target = "v1" if lab.release_on(hosts[0]) == "v2" else "v2"
+            lab.play("deploy.yml", release=target, deploy_lb_provider="alb", deploy_lb_region="eu-west-1").check()
+        finally:
+            for key in aws.env():
+                os.environ.pop(key, None)
+            shutil.rmtree(lab.inventory / "host_vars", ignore_errors=True)
+        calls = aws.recorder.actions("DeregisterTargets", "RegisterTargets")
+    assert [lab.release_on(h) for h in hosts] == [target] * len(hosts)
+    for host, instance in zip(hosts, ids):
+        mine = [c for c in calls if c.params.get("Targets.member.1.Id") == [instance]]
+        deregistered = [c.time for c in mine if c.action == "DeregisterTargets"]
+        registered = [c.time for c in mine if c.action == "RegisterTargets"]
+        assert len(deregistered) == 2 and len(registered) == 2, (host, [c.action for c in mine])
+        created = lab.exec(host, "docker", "inspect", "-f", "{{.Created}}", *[
+            name for name in lab.exec(host, "docker", "ps", "--format", "{{.Names}}").split() if name.startswith("demo-")])
+        from datetime import datetime
+
+        started = datetime.fromisoformat(created.strip()[:26].rstrip("Z") + "+00:00").timestamp()
+        assert max(deregistered) < started < min(registered), host
