@@ -96,8 +96,9 @@ def test_the_known_hosts_the_lab_wrote_is_what_the_hosts_present(lab: Path) -> N
 def test_hosts_boot_systemd_and_app_hosts_keep_docker_data_on_a_volume(lab: Path, client: docker.DockerClient) -> None:
     for name, cid in lab_containers(client).items():
         container = client.containers.get(cid)
-        state = container.exec_run(["systemctl", "is-system-running"]).output.decode().strip()
-        assert state == "running", f"{name}: systemd is {state}"
+        state = container.exec_run(["systemctl", "is-system-running", "--wait"]).output.decode().strip()
+        failed = container.exec_run(["systemctl", "--failed", "--no-legend"]).output.decode().strip()
+        assert state == "running", f"{name}: systemd is {state}; failed units: {failed}"
         docker_mounts = [m for m in container.attrs["Mounts"] if m["Destination"] == "/var/lib/docker"]
         if name.startswith("app") or name == "ops1":
             assert docker_mounts and docker_mounts[0]["Type"] == "volume", name
