@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import hashlib
 import json
 import logging
 import os
@@ -37,7 +38,8 @@ from fleetdeploy.console.redact import MAX_STDOUT, Redactor, vault_secret_values
 log = logging.getLogger(__name__)
 
 # Every process of a job carries this variable, so a sweep of /proc finds all of them, even ones
-# that left the process group (ssh ControlPersist masters daemonise).
+# that left the process group (ssh ControlPersist masters daemonise). Its value names the console's
+# job store as well as the job: two consoles on one machine (staging's and prod's) both have a job 7.
 JOB_MARKER = "FLEETDEPLOY_CONSOLE_JOB"
 BIN_DIR = os.path.dirname(sys.executable)
 FINAL = ("successful", "failed", "canceled", "interrupted", "error")
@@ -136,9 +138,14 @@ def job_dict(job: Job) -> dict[str, Any]:
     }
 
 
-def job_processes(job_id: int) -> list[int]:
-    """PIDs of every process that belongs to this job (found by its marker in /proc/<pid>/environ)."""
-    marker = f"{JOB_MARKER}={job_id}".encode()
+def job_marker(database: str, job_id: int) -> str:
+    """The marker value of one job of the console whose job store is `database`."""
+    return f"{hashlib.sha256(database.encode()).hexdigest()[:12]}-{job_id}"
+
+
+def job_processes(job: str) -> list[int]:
+    """PIDs of every process that carries this job marker (see job_marker) in /proc/<pid>/environ."""
+    marker = f"{JOB_MARKER}={job}".encode()
     found = []
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -153,9 +160,9 @@ def job_processes(job_id: int) -> list[int]:
     return found
 
 
-def kill_job_processes(job_id: int, timeout: float = 5.0) -> list[int]:
-    """SIGKILL every process group of the job, then wait until none is left; returns the PIDs found."""
-    pids = job_processes(job_id)
+def kill_job_processes(job: str, timeout: float = 5.0) -> list[int]:
+    """SIGKILL every process group of the job (a job_marker), then wait until none is left; returns the PIDs found."""
+    pids = job_processes(job)
     for pid in pids:
         for kill in (lambda p: os.killpg(os.getpgid(p), signal.SIGKILL), lambda p: os.kill(p, signal.SIGKILL)):
             try:
@@ -164,7 +171,7 @@ def kill_job_processes(job_id: int, timeout: float = 5.0) -> list[int]:
                 pass
     deadline = time.monotonic() + timeout
     while pids and time.monotonic() < deadline:
-        alive = [p for p in job_processes(job_id) if _alive(p)]
+        alive = [p for p in job_processes(job) if _alive(p)]
         if not alive:
             break
         time.sleep(0.05)
@@ -209,6 +216,10 @@ class JobManager:
         self._redactors: dict[str, tuple[float, Redactor]] = {}
         self._stopping = False
 
+    def marker(self, job_id: int) -> str:
+        """What the processes of this console's job carry in JOB_MARKER."""
+        return job_marker(self.config.database, job_id)
+
     # ----- start-up ---------------------------------------------------------------------------
 
     def recover(self) -> list[int]:
@@ -216,7 +227,7 @@ class JobManager:
         with self.sessions() as db:
             stale = db.scalars(select(Job).where(Job.status.in_(("queued", "running")))).all()
             for job in stale:
-                killed = kill_job_processes(job.id)
+                killed = kill_job_processes(self.marker(job.id))
                 job.status = "interrupted"
                 job.finished_at = now()
                 job.explanation = "the console stopped while this job ran" + (
@@ -328,7 +339,7 @@ class JobManager:
             (run_dir / "env").mkdir(mode=0o700, exist_ok=True)
             (run_dir / "env" / "settings").write_text(json.dumps(RUNNER_SETTINGS))
             # The venv's ansible-playbook first, whatever PATH the console was started with.
-            envvars = {**self.config.envvars, JOB_MARKER: str(live.id), "ANSIBLE_FORCE_COLOR": "1",
+            envvars = {**self.config.envvars, JOB_MARKER: self.marker(live.id), "ANSIBLE_FORCE_COLOR": "1",
                        "ANSIBLE_NOCOLOR": "0", "PYTHONUNBUFFERED": "1",
                        "PATH": f"{BIN_DIR}{os.pathsep}{os.environ.get('PATH', '')}"}
             if self.config.ansible_config:
@@ -378,7 +389,7 @@ class JobManager:
             log.exception("job %s could not run", live.id)
             explanation = f"the console could not run the playbook: {type(exc).__name__}: {exc}"
         finally:
-            survivors = kill_job_processes(live.id)
+            survivors = kill_job_processes(self.marker(live.id))
             # runner's "command" artifact is a copy of the whole environment: not worth keeping.
             (run_dir / "artifacts" / "run" / "command").unlink(missing_ok=True)
             if survivors:

@@ -165,6 +165,14 @@ def write_config(root: Path, registry_url: str, webhook_url: str | None) -> Path
     return path
 
 
+def job_processes(config: Path, job_id: int) -> list[int]:
+    """The processes of one job of the console that runs with this config file."""
+    from fleetdeploy.console.config import load
+    from fleetdeploy.console.jobs import job_marker, job_processes as marked
+
+    return marked(job_marker(load(config).database, job_id))
+
+
 def server_env() -> dict[str, str]:
     env = dict(os.environ)
     env["TEST_CONSOLE_VAULT_PASSWORD"] = VAULT_PASSWORD
@@ -252,6 +260,7 @@ class Client:
     """A person (cookie session) or CI (bearer token) talking to the console."""
 
     def __init__(self, server: Server, user: str | None = None, token: str | None = None) -> None:
+        self.server = server
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.http = httpx.Client(base_url=server.url, headers=headers, timeout=30,
                                  event_hooks={"response": [_record]})

@@ -14,8 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PASSWORDS, REPO, Server
-from fleetdeploy.console.jobs import job_processes
+from conftest import PASSWORDS, REPO, Server, job_processes
 
 pytestmark = pytest.mark.browser
 
@@ -128,4 +127,4 @@ def test_cancel_a_long_job_from_the_browser(browser_page: object, server: Server
     expect(page.locator("#job-status")).to_have_text("canceled")
     expect(page.locator("#job-explanation")).to_contain_text("canceled by deployer")
     expect(page.locator("#cancel-button")).to_have_count(0)
-    assert job_processes(job_id) == []
+    assert job_processes(server.config, job_id) == []

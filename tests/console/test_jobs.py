@@ -10,11 +10,10 @@ from typing import Any
 
 import httpx
 
-from conftest import Client, Server, cli, start_server, write_config
+from conftest import Client, Server, cli, job_processes, start_server, write_config
 from sqlalchemy import text
 
 from fleetdeploy.console.db import make_engine
-from fleetdeploy.console.jobs import job_processes
 
 
 def test_deploy_fills_the_grid_batch_by_batch_and_ends_green(finished: dict[str, dict[str, Any]]) -> None:
@@ -94,13 +93,13 @@ def test_cancel_stops_the_whole_process_group(ci: Client) -> None:
         time.sleep(0.2)
     else:
         raise AssertionError("the long task never started")
-    while not any(_cmdline(p).startswith("sleep 90") for p in job_processes(job_id)):
+    while not any(_cmdline(p).startswith("sleep 90") for p in job_processes(ci.server.config, job_id)):
         assert time.monotonic() < deadline, "no sleep to kill"
         time.sleep(0.1)
     # serve dropped the secret-bearing variables once read: the playbook's processes never see them.
     from conftest import SECRETS
 
-    for pid in job_processes(job_id):
+    for pid in job_processes(ci.server.config, job_id):
         environ = Path(f"/proc/{pid}/environ").read_bytes()
         assert b"TEST_CONSOLE_" not in environ
         assert not any(v.encode() in environ for v in SECRETS.values())
@@ -112,7 +111,7 @@ def test_cancel_stops_the_whole_process_group(ci: Client) -> None:
     assert job["status"] == "canceled"
     assert job["canceled_by"] == "token:ci"
     assert took < 15, f"cancel took {took:.1f}s"
-    assert job_processes(job_id) == [], "processes of the canceled job survived"
+    assert job_processes(ci.server.config, job_id) == [], "processes of the canceled job survived"
     again = ci.post(f"/api/jobs/{job_id}/cancel")
     assert again.status_code == 409
 
@@ -134,7 +133,7 @@ def test_a_console_restart_marks_running_jobs_interrupted(tmp_path: Path, regist
         api = httpx.Client(base_url=first.url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
         job_id = api.post("/api/jobs", json={"environment": "fleet", "action": "soak"}).json()["id"]
         deadline = time.monotonic() + 60
-        while not any("sleep 90" in _cmdline(p) for p in job_processes(job_id)):
+        while not any("sleep 90" in _cmdline(p) for p in job_processes(config, job_id)):
             assert time.monotonic() < deadline, "the job never started its task"
             time.sleep(0.2)
     finally:
@@ -145,18 +144,18 @@ def test_a_console_restart_marks_running_jobs_interrupted(tmp_path: Path, regist
         job = api.get(f"/api/jobs/{job_id}").json()
         assert job["status"] == "interrupted"
         assert "console stopped" in job["explanation"]
-        assert job_processes(job_id) == []
+        assert job_processes(config, job_id) == []
         # The environment is free again.
         nxt = api.post("/api/jobs", json={"environment": "fleet", "action": "soak"})
         assert nxt.status_code == 201, nxt.text
         nxt_id = nxt.json()["id"]
         deadline = time.monotonic() + 60
-        while not any("sleep 90" in _cmdline(p) for p in job_processes(nxt_id)):
+        while not any("sleep 90" in _cmdline(p) for p in job_processes(config, nxt_id)):
             assert time.monotonic() < deadline, "the job never started its task"
             time.sleep(0.2)
     finally:
         second.stop()  # SIGTERM: a clean stop interrupts its jobs itself
-    assert job_processes(nxt_id) == []
+    assert job_processes(config, nxt_id) == []
     with make_engine(f"sqlite:///{tmp_path / 'data' / 'console.db'}").connect() as conn:
         status, explanation = conn.execute(text("SELECT status, explanation FROM jobs WHERE id = :i"),
                                            {"i": nxt_id}).one()

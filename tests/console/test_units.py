@@ -181,3 +181,25 @@ def test_the_lab_example_config_maps_the_checkout() -> None:
     assert cfg.actions["deploy"].playbook == configmod.REPO / "deploy.yml"
     assert cfg.actions["deploy"].release is not None and cfg.actions["deploy"].release.repository == "demo"
     assert cfg.registry is not None and cfg.registry.url == "https://127.0.0.1:5443"
+
+
+def test_a_sweep_kills_only_its_own_consoles_job() -> None:
+    """Two consoles on one machine (staging's and prod's) both have a job 1: each sweep leaves the other's alone."""
+    import os
+    import signal
+
+    from fleetdeploy.console.jobs import JOB_MARKER, job_marker, job_processes, kill_job_processes
+
+    ours, theirs = job_marker("sqlite:////srv/a/console.db", 1), job_marker("sqlite:////srv/b/console.db", 1)
+    assert ours != theirs
+    procs = {m: subprocess.Popen(["sleep", "60"], env={**os.environ, JOB_MARKER: m}, start_new_session=True)
+             for m in (ours, theirs)}
+    try:
+        assert kill_job_processes(ours) == [procs[ours].pid]
+        assert procs[ours].wait(timeout=10) == -signal.SIGKILL
+        assert procs[theirs].poll() is None
+        assert job_processes(theirs) == [procs[theirs].pid]
+    finally:
+        for proc in procs.values():
+            proc.kill()
+            proc.wait()
