@@ -21,7 +21,7 @@ from sqlalchemy import select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fleetdeploy.console.config import Config
-from fleetdeploy.console.db import ApiToken, AuditEntry, JobEvent, now
+from fleetdeploy.console.db import AuditEntry, JobEvent
 from fleetdeploy.console.jobs import FINAL, Subscriber
 from fleetdeploy.console.security import TOKEN_ROLES, Principal, same
 from fleetdeploy.console.service import Console, ConsoleError
@@ -304,12 +304,7 @@ def create_token(body: TokenRequest, request: Request, who: Principal = Depends(
 def revoke_token(token_id: int, request: Request, who: Principal = Depends(admin)) -> dict[str, Any]:
     console = console_of(request)
     with console.sessions() as db:
-        row = db.get(ApiToken, token_id)
-        if row is None:
-            raise ConsoleError(404, f"no token {token_id}")
-        row.revoked_at = row.revoked_at or now()
-        console.audit(db, who.name, "token_revoke", row.name, ip=client_ip(request))
-        db.commit()
+        row = console.revoke_token(db, token_id, who.name, client_ip(request))
         return {"id": row.id, "revoked": True}
 
 

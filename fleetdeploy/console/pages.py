@@ -307,13 +307,6 @@ async def revoke_token(request: Request, token_id: int) -> Response:
     who = _admin(request)
     await checked_form(request, who)
     console = console_of(request)
-    from fleetdeploy.console.db import now
-
     with console.sessions() as db:
-        row = db.get(ApiToken, token_id)
-        if row is None:
-            raise ConsoleError(404, f"no token {token_id}")
-        row.revoked_at = row.revoked_at or now()
-        console.audit(db, who.name, "token_revoke", row.name, ip=client_ip(request))
-        db.commit()
+        console.revoke_token(db, token_id, who.name, client_ip(request))
     return RedirectResponse("/admin/tokens", status_code=303)

@@ -132,6 +132,16 @@ class Console:
         db.flush()
         return row, token
 
+    def revoke_token(self, db: Session, token_id: int, actor: str, ip: str | None) -> ApiToken:
+        """Revoke a token (again is a no-op) and audit it; the API and the admin page both come here."""
+        row = db.get(ApiToken, token_id)
+        if row is None:
+            raise ConsoleError(404, f"no token {token_id}")
+        row.revoked_at = row.revoked_at or now()
+        self.audit(db, actor, "token_revoke", row.name, ip=ip)
+        db.commit()
+        return row
+
     # ----- launching --------------------------------------------------------------------------
 
     def releases(self, action: Action, fresh: bool = False) -> list[str] | None:
