@@ -1,15 +1,8 @@
 import sys
 from pathlib import Path
 
-import pytest
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-# `make test` runs pytest-xdist with --dist loadgroup: the Molecule scenarios run one after the other
-# on one worker, the deploy lab on another, everything else on a third. They share no names or ports.
-_GROUPS = {"test_molecule.py": "molecule", "test_deploy.py": "deploy"}
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(_GROUPS.get(item.path.name, "rest")))
+# `make test` runs pytest-xdist with --dist loadfile: every test file runs whole on one worker, so a
+# module-scoped lab or console starts once, and files that share a lab never run side by side.
+# (loadgroup would read xdist_group marks, but with pytest 9 xdist 3.8 no longer applies them.)
