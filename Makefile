@@ -5,7 +5,7 @@ export PATH := $(VENV)/bin:$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export ANSIBLE_FORCE_COLOR ?= true
 
-.PHONY: help setup venv engine browser image lab lab-destroy console lint test lock bench
+.PHONY: help setup venv engine browser image lab lab-destroy console lint test lock bench bench-deploy
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -48,6 +48,9 @@ test: setup browser image lint ## The whole test suite, from a clean clone
 bench: setup image ## Timings of setup, image and lab (JSON)
 	python benchmarks/foundation.py
 	python benchmarks/console.py
+
+bench-deploy: setup image ## Deploys under load on 1, 2, 3 and 6 app hosts, batch 1 and 50% (JSON; about an hour)
+	python benchmarks/deploy.py
 
 lock: ## Re-pin constraints.txt from requirements.txt (needs PyPI)
 	bash scripts/lock.sh

@@ -1,0 +1,268 @@
+"""Zero-downtime deploys on a lab of its own, with a load generator running for the whole deploy.
+
+The lab (lab_name fdci, LB on 127.0.0.1:28080) starts with three app hosts and grows to four under
+load. The one-host case is app1 serving alone (the others out of HAProxy) and swapped without any
+help from the load balancer. All traffic goes to 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import docker
+import pytest
+
+from fleetdeploy.loadgen import LoadGenerator, Result
+from helpers import REPO, Run, playbook
+
+pytestmark = [pytest.mark.lab, pytest.mark.slow]
+
+LAB = "fdci"
+HTTP_PORT = 28080
+RATE = 60  # requests per second, over keep-alive connections, a quarter of them POSTs
+
+
+class Lab:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.inventory = root / "inventory"
+        self.client = docker.from_env()
+
+    def lab_vars(self, app_hosts: int) -> dict[str, object]:
+        return {
+            "lab_name": LAB,
+            "lab_app_hosts": app_hosts,
+            "lab_ssh_port_base": 2400,
+            "lab_http_port": HTTP_PORT,
+            "lab_https_port": 28443,
+            "lab_prometheus_port": 29090,
+            "lab_alertmanager_port": 29093,
+            "lab_registry_port": 25443,
+            "lab_state_dir": str(self.root / "state"),
+            "lab_inventory_file": str(self.inventory / "hosts.yml"),
+        }
+
+    def play(self, path: str, *args: str, **extra_vars: object) -> Run:
+        # Facts are cached by host name, and the dev lab has an app1 too: this lab keeps its own cache.
+        return playbook(path, "-i", str(self.inventory), *args, extra_vars=extra_vars or None,
+                        FLEETDEPLOY_ACTOR="pytest", ANSIBLE_CACHE_PLUGIN_CONNECTION=str(self.root / "facts"))
+
+    def grow(self, app_hosts: int) -> None:
+        playbook("playbooks/lab.yml", extra_vars=self.lab_vars(app_hosts)).check()
+        self.play("site.yml").check()
+
+    def exec(self, host: str, *cmd: str) -> str:
+        container = self.client.containers.get(f"{LAB}-lab-{host}")
+        result = container.exec_run(list(cmd))
+        return result.output.decode()
+
+    def app_hosts(self) -> list[str]:
+        found = self.client.containers.list(filters={"label": f"org.fleetdeploy.lab={LAB}"})
+        return sorted(c.labels["org.fleetdeploy.host"] for c in found if c.labels["org.fleetdeploy.host"].startswith("app"))
+
+    def release_on(self, host: str) -> str:
+        answer = self.exec(host, "curl", "-sS", "--max-time", "5", "http://127.0.0.1:80/version")
+        return json.loads(answer)["release"]
+
+    def record(self, host: str, service: str = "demo") -> dict:
+        return json.loads(self.exec(host, "cat", f"/var/lib/fleetdeploy/releases/{service}.json"))
+
+    def under_load(self, path: str, *args: str, **extra_vars: object) -> tuple[Run, Result]:
+        with LoadGenerator("127.0.0.1", HTTP_PORT, rate=RATE, connections=4) as load:
+            time.sleep(2)  # steady state before the deploy starts
+            run = self.play(path, *args, **extra_vars)
+            time.sleep(2)
+        return run, load.result
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("deploylab")
+    lab = Lab(root)
+    lab.inventory.mkdir()
+    # The test lab uses the local environment's group_vars, exactly as `make lab` does.
+    os.symlink(REPO / "inventories" / "local" / "group_vars", lab.inventory / "group_vars")
+    playbook("playbooks/lab_destroy.yml", extra_vars=lab.lab_vars(1)).check()
+    lab.grow(3)
+    for release in ("v1", "v2"):
+        lab.play("playbooks/build.yml", release=release).check()
+    lab.play("playbooks/build.yml", release="bad", demo_unhealthy="true").check()
+    lab.play("playbooks/build.yml", release="bad-on-app2", demo_unhealthy="app2").check()
+    lab.play("deploy.yml", release="v1").check()
+    yield lab
+    playbook("playbooks/lab_destroy.yml", extra_vars=lab.lab_vars(4))
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def assert_no_failures(result: Result) -> None:
+    assert result.requests >= 50, result.summary()
+    assert result.rate >= 50 * 0.9, result.summary()
+    assert result.failures == [], result.summary()
+
+
+def haproxy(lab: Lab, command: str) -> str:
+    return lab.exec("lb1", "sh", "-c", f"echo '{command}' | socat stdio /run/haproxy/admin.sock")
+
+
+def test_one_host_serving_alone_deploys_with_zero_failed_requests(lab: Lab) -> None:
+    """A one-host fleet: app1 takes all the traffic and never leaves the load balancer (provider none);
+    the swap on the host alone (new container, health check, nginx reload, drain) must lose nothing."""
+    assert lab.app_hosts() == ["app1", "app2", "app3"]
+    for host in ("app2", "app3"):
+        haproxy(lab, f"set server app/{host} state maint")
+    try:
+        run, load = lab.under_load("deploy.yml", "--limit", "app1,ops1", release="v2", deploy_lb_provider="none")
+        run.check()
+    finally:
+        for host in ("app2", "app3"):
+            haproxy(lab, f"set server app/{host} state ready")
+    assert_no_failures(load)
+    assert lab.release_on("app1") == "v2"
+    assert set(load.releases) <= {"v1", "v2"}
+
+
+def test_three_hosts_go_from_v1_to_v2_with_zero_failed_requests(lab: Lab) -> None:
+    lab.play("deploy.yml", release="v1").check()
+    run, load = lab.under_load("deploy.yml", release="v2")
+    run.check()
+    assert_no_failures(load)
+    assert [lab.release_on(h) for h in lab.app_hosts()] == ["v2", "v2", "v2"]
+    version = json.loads(lab.exec("lb1", "curl", "-sS", "http://127.0.0.1:8080/version"))
+    assert version == {"release": "v2"}
+    record = lab.record("app2")
+    assert (record["current"], record["previous"]) == ("v2", "v1")
+    assert record["history"][0]["user"] == "pytest" and record["history"][0]["result"] == "ok"
+
+
+def test_a_redeploy_of_the_same_release_changes_nothing(lab: Lab) -> None:
+    run = lab.play("deploy.yml", release="v2").check()
+    assert {host: counts["changed"] for host, counts in run.recap().items()} == {
+        host: 0 for host in run.recap()
+    }, run.output[-3000:]
+
+
+def test_an_unhealthy_release_fails_clearly_and_the_fleet_keeps_serving(lab: Lab) -> None:
+    run, load = lab.under_load("deploy.yml", release="bad", deploy_health_timeout=10)
+    assert run.returncode != 0
+    assert_no_failures(load)
+    message = " ".join(run.output.split())
+    assert "host app1, service demo, release bad did not become healthy" in message, run.output[-4000:]
+    assert "built with demo_unhealthy=true" in message  # the last health-check output
+    assert [lab.release_on(h) for h in lab.app_hosts()] == ["v2", "v2", "v2"]
+    running = lab.exec("app1", "docker", "ps", "--format", "{{.Image}}")
+    assert ":bad" not in running
+    assert lab.record("app1")["history"][0]["result"] == "failed"
+
+
+def test_a_failure_in_a_later_batch_rolls_the_swapped_hosts_back(lab: Lab) -> None:
+    # This release is healthy on app1 and not on app2: app1 swaps in the first batch, app2 fails in
+    # the second, app3 is never touched, and auto-rollback returns app1 to v2 without a gap.
+    run, load = lab.under_load("deploy.yml", release="bad-on-app2", deploy_health_timeout=10)
+    assert run.returncode != 0
+    assert_no_failures(load)
+    assert "host app2, service demo, release bad-on-app2 did not become healthy" in " ".join(run.output.split())
+    assert [lab.release_on(h) for h in lab.app_hosts()] == ["v2", "v2", "v2"]
+    history = lab.record("app1")["history"]
+    assert [(h["release"], h["action"], h["result"]) for h in history[:2]] == [
+        ("v2", "rollback", "ok"), ("bad-on-app2", "deploy", "ok")]
+    assert lab.record("app3")["history"][0]["release"] != "bad-on-app2"
+
+
+def test_rollback_returns_the_fleet_to_the_previous_release_without_a_gap(lab: Lab) -> None:
+    run, load = lab.under_load("rollback.yml")
+    run.check()
+    assert_no_failures(load)
+    assert [lab.release_on(h) for h in lab.app_hosts()] == ["v1", "v1", "v1"]
+    audit = lab.exec("ops1", "tail", "-n", "1", "/var/log/fleetdeploy/audit.log")
+    entry = json.loads(audit)
+    assert entry["action"] == "rollback" and entry["result"] == "ok" and entry["user"] == "pytest"
+    lab.play("deploy.yml", release="v2").check()
+
+
+def test_a_mistyped_release_fails_fast_and_changes_nothing(lab: Lab) -> None:
+    started = time.monotonic()
+    run = lab.play("deploy.yml", release="v2-typo")
+    assert run.returncode != 0
+    assert "has no demo:v2-typo" in " ".join(run.output.split())
+    assert set(run.recap()) == {"ops1"}, "no app host may be touched"
+    assert time.monotonic() - started < 120
+    assert [lab.release_on(h) for h in lab.app_hosts()] == ["v2", "v2", "v2"]
+
+
+def test_the_deploy_lock_refuses_a_second_deploy_and_expires(lab: Lab) -> None:
+    lock = {"name": "local", "run_id": "someone-else", "holder": "alice", "action": "deploy v9", "since": time.time()}
+    lab.exec("ops1", "sh", "-c", f"echo '{json.dumps(lock)}' > /var/lib/fleetdeploy/deploy.lock")
+    run = lab.play("deploy.yml", release="v2")
+    assert run.returncode != 0
+    message = " ".join(run.output.split())
+    assert "held by alice running 'deploy v9'" in message
+    assert set(run.recap()) == {"ops1"}
+    lab.play("deploy.yml", "-e", "deploy_force_unlock=true", release="v2").check()
+    stale = dict(lock, since=time.time() - 7200)
+    lab.exec("ops1", "sh", "-c", f"echo '{json.dumps(stale)}' > /var/lib/fleetdeploy/deploy.lock")
+    lab.play("deploy.yml", release="v2").check()
+    assert "No such file" in lab.exec("ops1", "cat", "/var/lib/fleetdeploy/deploy.lock")
+
+
+def test_growing_from_three_to_four_hosts_under_load(lab: Lab) -> None:
+    with LoadGenerator("127.0.0.1", HTTP_PORT, rate=RATE) as load:
+        lab.grow(4)
+    assert_no_failures(load.result)
+    assert lab.release_on("app4") == "v2"
+    seen = set()
+    for _ in range(40):
+        seen.add(json.loads(lab.exec("lb1", "curl", "-sS", "http://127.0.0.1:8080/"))["host"])
+    assert "app4" in seen, seen
+
+
+def test_with_an_alb_each_host_leaves_its_target_groups_before_its_containers_change(lab: Lab) -> None:
+    """lb_provider alb against moto's server: deregister (waiting out the real deregistration delay),
+    swap, register and wait for healthy, host by host, in that order."""
+    import boto3
+
+    from moto_endpoint import MotoEndpoint
+
+    with MotoEndpoint() as aws:
+        os.environ.update(aws.env())
+        try:
+            ec2, elb = boto3.client("ec2"), boto3.client("elbv2")
+            vpc = ec2.describe_vpcs()["Vpcs"][0]["VpcId"]
+            image = ec2.describe_images()["Images"][0]["ImageId"]
+            hosts = lab.app_hosts()
+            ids = [i["InstanceId"] for i in ec2.run_instances(ImageId=image, MinCount=len(hosts),
+                                                              MaxCount=len(hosts))["Instances"]]
+            groups = []
+            for name in ("web", "api"):
+                arn = elb.create_target_group(Name=name, Protocol="HTTP", Port=80, VpcId=vpc,
+                                              TargetType="instance")["TargetGroups"][0]["TargetGroupArn"]
+                elb.modify_target_group_attributes(
+                    TargetGroupArn=arn, Attributes=[{"Key": "deregistration_delay.timeout_seconds", "Value": "2"}])
+                elb.register_targets(TargetGroupArn=arn, Targets=[{"Id": i, "Port": 80} for i in ids])
+                groups.append(arn)
+            host_vars = lab.inventory / "host_vars"
+            host_vars.mkdir(exist_ok=True)
+            for host, instance in zip(hosts, ids):
+                (host_vars / f"{host}.yml").write_text(f"ec2_instance_id: {instance}\n")
+            target = "v1" if lab.release_on(hosts[0]) == "v2" else "v2"
+            lab.play("deploy.yml", release=target, deploy_lb_provider="alb", deploy_lb_region="eu-west-1").check()
+        finally:
+            for key in aws.env():
+                os.environ.pop(key, None)
+            shutil.rmtree(lab.inventory / "host_vars", ignore_errors=True)
+        calls = aws.recorder.actions("DeregisterTargets", "RegisterTargets")
+    assert [lab.release_on(h) for h in hosts] == [target] * len(hosts)
+    for host, instance in zip(hosts, ids):
+        mine = [c for c in calls if c.params.get("Targets.member.1.Id") == [instance]]
+        deregistered = [c.time for c in mine if c.action == "DeregisterTargets"]
+        registered = [c.time for c in mine if c.action == "RegisterTargets"]
+        assert len(deregistered) == 2 and len(registered) == 2, (host, [c.action for c in mine])
+        created = lab.exec(host, "docker", "inspect", "-f", "{{.Created}}", *[
+            name for name in lab.exec(host, "docker", "ps", "--format", "{{.Names}}").split() if name.startswith("demo-")])
+        from datetime import datetime
+
+        started = datetime.fromisoformat(created.strip()[:26].rstrip("Z") + "+00:00").timestamp()
+        assert max(deregistered) < started < min(registered), host
