@@ -6,6 +6,7 @@ Beside it run a fake Docker registry (HTTP API v2, basic auth) and a fake chat w
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import os
 import re
@@ -165,12 +166,18 @@ def write_config(root: Path, registry_url: str, webhook_url: str | None) -> Path
     return path
 
 
-def job_processes(config: Path, job_id: int) -> list[int]:
-    """The processes of one job of the console that runs with this config file."""
+@functools.cache
+def _database_of(config: Path) -> str:
     from fleetdeploy.console.config import load
+
+    return load(config).database
+
+
+def job_processes(config: Path, job_id: int) -> list[int]:
+    """The processes of one job of the console that runs with this config file (polled: the file is read once)."""
     from fleetdeploy.console.jobs import job_marker, job_processes as marked
 
-    return marked(job_marker(load(config).database, job_id))
+    return marked(job_marker(_database_of(config), job_id))
 
 
 def server_env() -> dict[str, str]:
