@@ -108,8 +108,6 @@ def haproxy(lab: Lab, command: str) -> str:
     return lab.exec("lb1", "sh", "-c", f"echo '{command}' | socat stdio /run/haproxy/admin.sock")
 
 
-@pytest.mark.xfail(reason="known failure (issue 5): 1 POST of 4738 got RemoteDisconnected on a keep-alive "
-                          "connection during the swap; cause not found yet", strict=False)
 def test_one_host_serving_alone_deploys_with_zero_failed_requests(lab: Lab) -> None:
     """A one-host fleet: app1 takes all the traffic and never leaves the load balancer (provider none);
     the swap on the host alone (new container, health check, nginx reload, drain) must lose nothing."""
