@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -136,6 +137,10 @@ def test_three_hosts_go_from_v1_to_v2_with_zero_failed_requests(lab: Lab) -> Non
     record = lab.record("app2")
     assert (record["current"], record["previous"]) == ("v2", "v1")
     assert record["history"][0]["user"] == "pytest" and record["history"][0]["result"] == "ok"
+    # The dashboards' deploy marker, read by node_exporter's textfile collector.
+    marker = lab.exec("app2", "cat", "/var/lib/prometheus/node-exporter/fleetdeploy_release_demo.prom")
+    sample = re.search(r'^fleetdeploy_release_timestamp_seconds\{service="demo",version="v2"\} (\d+)$', marker, re.M)
+    assert sample and abs(int(sample.group(1)) - time.time()) < 600, marker
 
 
 def test_a_redeploy_of_the_same_release_changes_nothing(lab: Lab) -> None:
