@@ -10,8 +10,6 @@ import functools
 import json
 import os
 import re
-import signal
-import socket
 import subprocess
 import threading
 import time
@@ -25,9 +23,10 @@ from urllib.parse import parse_qs, urlparse
 import httpx
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from console_server import CONSOLE, REPO, Server
+from console_server import start_server as start_console
+
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
-CONSOLE = REPO / ".venv" / "bin" / "fleetdeploy-console"
 
 # The secrets the fixture inventories hold (vaulted) and the console is given: none may ever leak.
 VAULT_PASSWORD = (FIXTURES / "vault-password").read_text().strip()
@@ -44,12 +43,6 @@ PASSWORDS = {"admin": "admin-password-1234", "deployer": "deployer-password-1234
 
 # Every response body the tests received, for the secret search.
 SEEN: list[str] = []
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class _Quiet(BaseHTTPRequestHandler):
@@ -193,41 +186,8 @@ def cli(config: Path, *args: str, stdin: str | None = None) -> subprocess.Comple
                           text=True, env=server_env(), timeout=60, check=False)
 
 
-@dataclass
-class Server:
-    url: str
-    config: Path
-    root: Path
-    log: Path
-    proc: subprocess.Popen[bytes]
-    tokens: dict[str, str] = field(default_factory=dict)
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
 def start_server(root: Path, config: Path) -> Server:
-    port = free_port()
-    log = root / "server.log"
-    proc = subprocess.Popen([str(CONSOLE), "serve", "--config", str(config), "--port", str(port)],
-                            stdout=log.open("ab"), stderr=subprocess.STDOUT, env=server_env(),
-                            start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return Server(url, config, root, log, proc)
-        except httpx.HTTPError:
-            time.sleep(0.1)
-        assert proc.poll() is None, log.read_text()
-    raise AssertionError(f"the console did not start:\n{log.read_text()}")
+    return start_console(root, config, server_env())
 
 
 @pytest.fixture(scope="session")

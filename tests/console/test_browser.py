@@ -1,61 +1,32 @@
 """End to end in Debian's headless Chromium, driven by Playwright: what a person sees and clicks.
 
-The console under test runs the fixture playbooks; pointing it at the lab is a matter of its config
-file (environment name -> inventory, action -> playbook), see docs/console.md.
+The console under test runs the fixture playbooks; tests/test_deploy.py drives a real deploy of the lab
+through the console in the same browser.
 """
 
 from __future__ import annotations
 
-import os
 import re
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from conftest import PASSWORDS, REPO, Server, job_processes
+from conftest import PASSWORDS, Server, job_processes
+from console_server import chromium_page
+from console_server import sign_in as sign_in_as
 
 pytestmark = pytest.mark.browser
-
-CHROMIUM = "/usr/bin/chromium"
-# Only 127.0.0.1 is reachable here: without these Chromium keeps trying Google's services.
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-# How long the UI may take to show a state the server reached: generous for a loaded 2-core machine.
-UI_TIMEOUT_MS = 90_000
 
 
 @pytest.fixture(scope="module")
 def browser_page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
-    if not os.path.exists(CHROMIUM):
-        done = subprocess.run(["bash", str(REPO / "scripts" / "ensure-browser.sh")], capture_output=True, text=True,
-                              check=False)
-        assert done.returncode == 0, done.stderr
-    from playwright.sync_api import expect, sync_playwright
-
-    expect.set_options(timeout=UI_TIMEOUT_MS)
-    with sync_playwright() as pw:
-        context = pw.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("chromium-profile")), executable_path=CHROMIUM, headless=True,
-            args=CHROMIUM_ARGS, viewport={"width": 1400, "height": 1000})
-        context.set_default_timeout(UI_TIMEOUT_MS)
-        page = context.pages[0] if context.pages else context.new_page()
+    with chromium_page(tmp_path_factory.mktemp("chromium-profile")) as page:
         yield page
-        context.close()
 
 
 def sign_in(page: object, server: Server, user: str) -> None:
-    from playwright.sync_api import Page, expect
-
-    assert isinstance(page, Page)
-    page.context.clear_cookies()
-    page.goto(f"{server.url}/")
-    expect(page).to_have_url(re.compile(r"/login"))
-    page.fill("input[name=name]", user)
-    page.fill("input[name=password]", PASSWORDS[user])
-    page.click("button[type=submit]")
-    expect(page.locator("header .whoami")).to_contain_text(user)
+    sign_in_as(page, server.url, user, PASSWORDS[user])
 
 
 def test_deploy_from_the_browser_fills_the_grid_and_shows_the_release(browser_page: object, server: Server,

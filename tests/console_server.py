@@ -1,0 +1,107 @@
+"""A real console for tests: `fleetdeploy-console serve` in a subprocess, and headless Chromium to look at it.
+
+Shared by the console's own tests (fixture playbooks) and the deploy tests (the console driving a lab).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parent.parent
+CONSOLE = REPO / ".venv" / "bin" / "fleetdeploy-console"
+
+CHROMIUM = "/usr/bin/chromium"
+# Only 127.0.0.1 is reachable here: without these Chromium keeps trying Google's services.
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+# How long the UI may take to show a state the server reached: generous for a loaded 2-core machine.
+UI_TIMEOUT_MS = 90_000
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    url: str
+    config: Path
+    root: Path
+    log: Path
+    proc: subprocess.Popen[bytes]
+    tokens: dict[str, str] = field(default_factory=dict)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_server(root: Path, config: Path, env: dict[str, str]) -> Server:
+    """Start `serve` on a free port of 127.0.0.1 and wait until it answers /healthz."""
+    port = free_port()
+    log = root / "server.log"
+    proc = subprocess.Popen([str(CONSOLE), "serve", "--config", str(config), "--port", str(port)],
+                            stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return Server(url, config, root, log, proc)
+        except httpx.HTTPError:
+            time.sleep(0.1)
+        assert proc.poll() is None, log.read_text()
+    raise AssertionError(f"the console did not start:\n{log.read_text()}")
+
+
+@contextmanager
+def chromium_page(profile_dir: Path) -> Iterator[object]:
+    """A Playwright page in Debian's Chromium (installed on first use), with the UI timeout as default."""
+    if not os.path.exists(CHROMIUM):
+        done = subprocess.run(["bash", str(REPO / "scripts" / "ensure-browser.sh")], capture_output=True, text=True,
+                              check=False)
+        assert done.returncode == 0, done.stderr
+    from playwright.sync_api import expect, sync_playwright
+
+    expect.set_options(timeout=UI_TIMEOUT_MS)
+    with sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            str(profile_dir), executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS,
+            viewport={"width": 1400, "height": 1000})
+        context.set_default_timeout(UI_TIMEOUT_MS)
+        try:
+            yield context.pages[0] if context.pages else context.new_page()
+        finally:
+            context.close()
+
+
+def sign_in(page: object, url: str, user: str, password: str) -> None:
+    import re
+
+    from playwright.sync_api import Page, expect
+
+    assert isinstance(page, Page)
+    page.context.clear_cookies()
+    page.goto(f"{url}/")
+    expect(page).to_have_url(re.compile(r"/login"))
+    page.fill("input[name=name]", user)
+    page.fill("input[name=password]", password)
+    page.click("button[type=submit]")
+    expect(page.locator("header .whoami")).to_contain_text(user)
