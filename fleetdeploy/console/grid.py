@@ -2,6 +2,8 @@
 
 A play with `serial` starts once per batch, so every `playbook_on_play_start` opens a new column.
 The server applies each event here and sends the changed cell with it, so the browser only paints.
+Hosts also say which release each service serves there (the fact RELEASE_FACT, {service: release},
+which the app_release role sets in any playbook that plans or swaps): the dashboard shows that.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from typing import Any
 # Worst first: a cell or a host shows the worst thing that happened to it.
 SEVERITY = {"failed": 5, "unreachable": 4, "changed": 3, "ok": 2, "skipped": 1, "pending": 0}
 _RECAP_KEYS = ("ok", "changed", "failures", "dark", "skipped", "rescued", "ignored")
+RELEASE_FACT = "app_release_running"
 
 
 @dataclass
@@ -30,6 +33,8 @@ class Grid:
     hosts: list[str] = field(default_factory=list)
     cells: dict[tuple[str, int], Cell] = field(default_factory=dict)
     recap: dict[str, dict[str, int]] = field(default_factory=dict)
+    # {host: {service: release}}, the latest each host reported.
+    releases: dict[str, dict[str, str]] = field(default_factory=dict)
     _play_batches: dict[str, int] = field(default_factory=dict)
 
     def plan(self, hosts: list[str]) -> None:
@@ -75,6 +80,7 @@ class Grid:
             cell.running, cell.task = False, task
             if kind == "runner_on_ok":
                 new = "changed" if isinstance(res, dict) and res.get("changed") else "ok"
+                self._note_releases(host, res)
             elif kind == "runner_on_failed":
                 new = "ok" if data.get("ignore_errors") else "failed"
             elif kind == "runner_on_unreachable":
@@ -86,6 +92,12 @@ class Grid:
         else:
             return {}
         return {"cell": {"host": host, "col": col, **cell.as_dict()}}
+
+    def _note_releases(self, host: str, res: Any) -> None:
+        reported = (res.get("ansible_facts") or {}).get(RELEASE_FACT) if isinstance(res, dict) else None
+        if isinstance(reported, dict):
+            known = self.releases.setdefault(host, {})
+            known.update({str(k): str(v) for k, v in reported.items() if v})
 
     def host_results(self) -> dict[str, str]:
         """Each host's outcome: from the recap when the play ended, else the worst of its cells."""
@@ -113,6 +125,7 @@ class Grid:
             "cells": [{"host": h, "col": c, **cell.as_dict()} for (h, c), cell in self.cells.items()],
             "recap": self.recap,
             "results": self.host_results(),
+            "releases": self.releases,
         }
 
 

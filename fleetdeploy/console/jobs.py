@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from fleetdeploy.console.config import Action, Config, Environment
 from fleetdeploy.console.db import Job, JobEvent, Release, now
-from fleetdeploy.console.grid import Grid
+from fleetdeploy.console.grid import RELEASE_FACT, Grid
 from fleetdeploy.console.notify import Notifier
 from fleetdeploy.console.redact import MAX_STDOUT, Redactor, vault_secret_values
 
@@ -191,7 +191,14 @@ def slim_event(raw: dict[str, Any], redactor: Redactor) -> dict[str, Any]:
     data = raw.get("event_data") or {}
     res = data.get("res")
     if isinstance(res, dict):
-        res = {k: res[k] for k in _SLIM_RES_KEYS if k in res} if not res.get("_ansible_no_log") else {"censored": True}
+        if res.get("_ansible_no_log"):
+            res = {"censored": True}
+        else:
+            facts = res.get("ansible_facts")
+            release = facts.get(RELEASE_FACT) if isinstance(facts, dict) else None
+            res = {k: res[k] for k in _SLIM_RES_KEYS if k in res}
+            if release is not None:
+                res["ansible_facts"] = {RELEASE_FACT: release}  # of all facts, only what the dashboard shows
     stdout = raw.get("stdout") or ""
     if len(stdout) > MAX_STDOUT:
         stdout = stdout[:MAX_STDOUT] + "\n… (cut)"
@@ -341,7 +348,9 @@ class JobManager:
             # The venv's ansible-playbook first, whatever PATH the console was started with.
             envvars = {**self.config.envvars, JOB_MARKER: self.marker(live.id), "ANSIBLE_FORCE_COLOR": "1",
                        "ANSIBLE_NOCOLOR": "0", "PYTHONUNBUFFERED": "1",
-                       "PATH": f"{BIN_DIR}{os.pathsep}{os.environ.get('PATH', '')}"}
+                       "PATH": f"{BIN_DIR}{os.pathsep}{os.environ.get('PATH', '')}",
+                       # Who the release records and the deploy lock name (playbooks/vars/roll.yml).
+                       "FLEETDEPLOY_ACTOR": f"console:{live.launched_by}"}
             if self.config.ansible_config:
                 envvars["ANSIBLE_CONFIG"] = str(self.config.ansible_config)
             if live.cancel_requested.is_set():
@@ -495,12 +504,11 @@ class JobManager:
             job.summary = summary
             job.canceled_by = live.canceled_by if status == "canceled" else None
             job.explanation = explanation or ({"canceled": f"canceled by {live.canceled_by}"}.get(status))
-            if status == "successful" and job.release and (job.service or job.action in ("deploy", "rollback")):
-                service = job.service or "default"
-                for host, result in summary["results"].items():
-                    if result in ("ok", "changed"):
-                        db.merge(Release(environment=job.environment, service=service, host=host,
-                                         release=job.release, job_id=job.id, updated_at=now()))
+            # What each host said it serves, whatever the job's outcome (a failed swap reports the old release).
+            for host, services in summary["releases"].items():
+                for service, release in services.items():
+                    db.merge(Release(environment=job.environment, service=service, host=host,
+                                     release=release, job_id=job.id, updated_at=now()))
             db.commit()
             brief = job_dict(job)
         live.status = status
