@@ -11,19 +11,22 @@ import json
 import os
 import re
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
 import docker
 import pytest
 
+from console_server import CONSOLE, Server, chromium_page, sign_in, start_server
 from fleetdeploy.loadgen import LoadGenerator, Result
-from helpers import REPO, Run, playbook
+from helpers import REPO, Run, env, playbook
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
 LAB = "fdci"
 HTTP_PORT = 28080
+REGISTRY_PORT = 25443
 RATE = 60  # requests per second, over keep-alive connections, a quarter of them POSTs
 
 
@@ -42,7 +45,7 @@ class Lab:
             "lab_https_port": 28443,
             "lab_prometheus_port": 29090,
             "lab_alertmanager_port": 29093,
-            "lab_registry_port": 25443,
+            "lab_registry_port": REGISTRY_PORT,
             "lab_state_dir": str(self.root / "state"),
             "lab_inventory_file": str(self.inventory / "hosts.yml"),
         }
@@ -71,6 +74,28 @@ class Lab:
 
     def record(self, host: str, service: str = "demo") -> dict:
         return json.loads(self.exec(host, "cat", f"/var/lib/fleetdeploy/releases/{service}.json"))
+
+    def console(self, root: Path, user: str, password: str) -> Server:
+        """The deploy console with this lab as its one environment, and a deployer to sign in as."""
+        ca = root / "registry-ca.crt"
+        ca.write_text(self.exec("ops1", "cat", "/etc/docker-registry/tls/ca.crt"))
+        config = root / "console.yml"
+        config.write_text(json.dumps({  # JSON is YAML
+            "project_dir": str(REPO),
+            "data_dir": str(root / "data"),
+            "ansible_config": str(REPO / "ansible.cfg"),
+            "envvars": {"ANSIBLE_CACHE_PLUGIN_CONNECTION": str(self.root / "facts")},
+            "environments": {LAB: {"inventory": str(self.inventory), "description": "the deploy tests' lab"}},
+            "actions": {"deploy": {"playbook": "deploy.yml", "service": "demo",
+                                   "release": {"variable": "release", "repository": "demo"}}},
+            "registry": {"url": f"https://127.0.0.1:{REGISTRY_PORT}", "username": "fleetdeploy",
+                         "password_file": str(self.root / "state" / "registry_password"), "ca_file": str(ca)},
+        }))
+        created = subprocess.run([str(CONSOLE), "create-user", user, "--role", "deployer", "--password-stdin",
+                                  "--config", str(config)], input=password + "\n", capture_output=True, text=True,
+                                 env=env(), timeout=120, check=False)
+        assert created.returncode == 0, created.stderr
+        return start_server(root, config, env())
 
     def under_load(self, path: str, *args: str, **extra_vars: object) -> tuple[Run, Result]:
         with LoadGenerator("127.0.0.1", HTTP_PORT, rate=RATE, connections=4) as load:
@@ -124,6 +149,46 @@ def test_one_host_serving_alone_deploys_with_zero_failed_requests(lab: Lab) -> N
     assert_no_failures(load)
     assert lab.release_on("app1") == "v2"
     assert set(load.releases) <= {"v1", "v2"}
+
+
+def test_a_deploy_launched_in_the_console_rolls_the_lab_host_by_host(lab: Lab, tmp_path: Path) -> None:
+    """The console end to end in Chromium: sign in, pick a release the lab's registry holds, launch the
+    real deploy.yml, watch the app hosts' rows turn green, and read each host's release on the dashboard.
+    app1 runs v2 after the one-host test, app2 and app3 v1; the deploy puts v1 everywhere, under load."""
+    from playwright.sync_api import Page, expect
+
+    password = "deployer-password-1234"
+    console = lab.console(tmp_path, "deployer", password)
+    try:
+        with chromium_page(tmp_path / "chromium") as page, \
+                LoadGenerator("127.0.0.1", HTTP_PORT, rate=RATE, connections=4) as load:
+            assert isinstance(page, Page)
+            sign_in(page, console.url, "deployer", password)
+            page.goto(f"{console.url}/launch?action=deploy&environment={LAB}")
+            assert {"v1", "v2", "bad"} <= set(page.locator("select[name=release] option").all_inner_texts())
+            page.select_option("select[name=release]", "v1")
+            page.click("#launch-button")
+            expect(page).to_have_url(re.compile(r"/jobs/\d+$"))
+            expect(page.locator("#grid td.cell.running").first).to_be_visible()
+            expect(page.locator("#job-status")).to_have_text("successful", timeout=900_000)
+            for host in ("app1", "app2", "app3"):
+                expect(page.locator(f"#grid tr[data-host={host}] td.result")).to_have_attribute(
+                    "data-result", re.compile("^(ok|changed)$"))
+            expect(page.locator("#grid tr[data-host=app1] td.result")).to_have_attribute("data-result", "changed")
+            expect(page.locator("#grid td.cell.failed")).to_have_count(0)
+            expect(page.locator("#log")).to_contain_text("PLAY RECAP")
+            page.click("header a.brand")
+            card = page.locator(f"#env-{LAB}")
+            releases = card.locator("table.releases")
+            for host in ("app1", "app2", "app3"):
+                row = releases.locator("tr", has=page.locator("td", has_text=re.compile(f"^{host}$")))
+                expect(row.locator("td.release")).to_have_text("v1")
+            expect(releases.locator("td", has_text="ops1")).to_have_count(0)
+    finally:
+        console.stop()
+    assert_no_failures(load.result)
+    assert [lab.release_on(h) for h in lab.app_hosts()] == ["v1", "v1", "v1"]
+    assert lab.record("app1")["history"][0]["user"] == "console:deployer"
 
 
 def test_three_hosts_go_from_v1_to_v2_with_zero_failed_requests(lab: Lab) -> None:
