@@ -5,7 +5,7 @@ export PATH := $(VENV)/bin:$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export ANSIBLE_FORCE_COLOR ?= true
 
-.PHONY: help setup venv engine browser image lab lab-destroy console lint test lock bench bench-deploy
+.PHONY: help setup venv engine browser image lab lab-destroy console lint test lock bench bench-deploy bench-console-lab
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -51,6 +51,9 @@ bench: setup image ## Timings of setup, image and lab (JSON)
 
 bench-deploy: setup image ## Deploys under load on 1, 2, 3 and 6 app hosts, batch 1 and 50% (JSON; about an hour)
 	python benchmarks/deploy.py
+
+bench-console-lab: setup ## The console driving the lab's real deploy against plain ansible-playbook (needs `make lab` and release v2)
+	python benchmarks/console_lab.py
 
 lock: ## Re-pin constraints.txt from requirements.txt (needs PyPI)
 	bash scripts/lock.sh

@@ -93,8 +93,8 @@ def runner_run(playbook: str, root: Path, **extravars: Any) -> float:
 
 
 class Console:
-    def __init__(self, root: Path) -> None:
-        self.config = write_config(root)
+    def __init__(self, config: Path) -> None:
+        self.config = config
         subprocess.run([str(BIN / "fleetdeploy-console"), "create-user", "bench", "--role", "deployer",
                         "--password-stdin", "--config", str(self.config)], input=PASSWORD + "\n", text=True,
                        check=True, capture_output=True)
@@ -126,7 +126,8 @@ class Console:
     def api(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.token}"}, timeout=120)
 
-    def run_job(self, action: str, release: str | None = None, **extra: Any) -> dict[str, Any]:
+    def run_job(self, action: str, release: str | None = None, environment: str = "fleet",
+                **extra: Any) -> dict[str, Any]:
         """Launch, follow the SSE stream to the end; return timings, latencies and the console's peak RSS."""
         assert self.proc is not None
         api = self.api()
@@ -140,7 +141,7 @@ class Console:
 
         threading.Thread(target=sample, daemon=True).start()
         start = time.monotonic()
-        r = api.post("/api/jobs", json={"environment": "fleet", "action": action, "release": release,
+        r = api.post("/api/jobs", json={"environment": environment, "action": action, "release": release,
                                         "extra_vars": extra})
         r.raise_for_status()
         job_id = r.json()["id"]
@@ -178,7 +179,7 @@ def main() -> int:
 
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="console-bench-") as tmp:
-        console = Console(Path(tmp))
+        console = Console(write_config(Path(tmp)))
         starts = []
         for _ in range(args.runs):
             starts.append(console.start())
