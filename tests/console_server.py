@@ -6,6 +6,7 @@ Shared by the console's own tests (fixture playbooks) and the deploy tests (the 
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -93,8 +94,6 @@ def chromium_page(profile_dir: Path) -> Iterator[object]:
 
 
 def sign_in(page: object, url: str, user: str, password: str) -> None:
-    import re
-
     from playwright.sync_api import Page, expect
 
     assert isinstance(page, Page)
