@@ -42,7 +42,7 @@ lint: venv ## ansible-lint (production profile), yamllint and a syntax check of 
 console: setup ## Run the deploy console against the lab on http://127.0.0.1:8765
 	fleetdeploy-console serve --config fleetdeploy/console/examples/lab.yml
 
-test: setup browser image lint ## The whole test suite, from a clean clone
+test: setup browser image ## The whole test suite, from a clean clone (lint runs inside it: tests/test_lint.py)
 	pytest -n 3
 
 bench: setup image ## Timings of setup, image and lab (JSON)
