@@ -1,7 +1,7 @@
 """Zero-downtime deploys on a lab of its own, with a load generator running for the whole deploy.
 
-The lab (lab_name fdci, LB on 127.0.0.1:28080) starts with three app hosts and grows to four under
-load. The one-host case is app1 serving alone (the others out of HAProxy) and swapped without any
+The lab (lab_name fdci, LB on 127.0.0.1:28080) has no monitor host; it starts with three app hosts and
+grows to four under load. The one-host case is app1 serving alone (the others out of HAProxy) and swapped without any
 help from the load balancer. All traffic goes to 127.0.0.1.
 """
 
@@ -40,11 +40,11 @@ class Lab:
         return {
             "lab_name": LAB,
             "lab_app_hosts": app_hosts,
+            # Deploys need no monitor host; the monitoring has scenarios of its own (molecule/monitoring).
+            "lab_monitor_host": False,
             "lab_ssh_port_base": 2400,
             "lab_http_port": HTTP_PORT,
             "lab_https_port": 28443,
-            "lab_prometheus_port": 29090,
-            "lab_alertmanager_port": 29093,
             "lab_registry_port": REGISTRY_PORT,
             "lab_state_dir": str(self.root / "state"),
             "lab_inventory_file": str(self.inventory / "hosts.yml"),
@@ -64,9 +64,12 @@ class Lab:
         result = container.exec_run(list(cmd))
         return result.output.decode()
 
-    def app_hosts(self) -> list[str]:
+    def hosts(self) -> list[str]:
         found = self.client.containers.list(filters={"label": f"org.fleetdeploy.lab={LAB}"})
-        return sorted(c.labels["org.fleetdeploy.host"] for c in found if c.labels["org.fleetdeploy.host"].startswith("app"))
+        return sorted(c.labels["org.fleetdeploy.host"] for c in found)
+
+    def app_hosts(self) -> list[str]:
+        return [host for host in self.hosts() if host.startswith("app")]
 
     def release_on(self, host: str) -> str:
         answer = self.exec(host, "curl", "-sS", "--max-time", "5", "http://127.0.0.1:80/version")
@@ -137,7 +140,7 @@ def haproxy(lab: Lab, command: str) -> str:
 def test_one_host_serving_alone_deploys_with_zero_failed_requests(lab: Lab) -> None:
     """A one-host fleet: app1 takes all the traffic and never leaves the load balancer (provider none);
     the swap on the host alone (new container, health check, nginx reload, drain) must lose nothing."""
-    assert lab.app_hosts() == ["app1", "app2", "app3"]
+    assert lab.hosts() == ["app1", "app2", "app3", "lb1", "ops1"]  # lab_monitor_host: false
     for host in ("app2", "app3"):
         haproxy(lab, f"set server app/{host} state maint")
     try:
