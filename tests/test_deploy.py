@@ -1,8 +1,8 @@
 """Zero-downtime deploys on a lab of its own, with a load generator running for the whole deploy.
 
 The lab (lab_name fdci, LB on 127.0.0.1:28080) has no monitor host; it starts with three app hosts and
-grows to four under load. The one-host case is app1 serving alone (the others out of HAProxy) and swapped without any
-help from the load balancer. All traffic goes to 127.0.0.1.
+grows to four under load. The one-host case is app1 serving alone (the others out of HAProxy) and
+swapped without any help from the load balancer. All traffic goes to 127.0.0.1.
 """
 
 from __future__ import annotations
