@@ -42,6 +42,8 @@ class Lab:
             "lab_app_hosts": app_hosts,
             # Deploys need no monitor host; the monitoring has scenarios of its own (molecule/monitoring).
             "lab_monitor_host": False,
+            # This lab's deploys are the suite's longest chain: when the CPU is short, its hosts go first.
+            "lab_cpu_shares": 4096,
             "lab_ssh_port_base": 2400,
             "lab_http_port": HTTP_PORT,
             "lab_https_port": 28443,

@@ -67,6 +67,7 @@ def ssh(tmp: Path, port: int, known_hosts: Path, command: str) -> subprocess.Com
 
 def test_lab_starts_every_host_and_writes_their_inventory(lab: Path, client: docker.DockerClient) -> None:
     assert sorted(lab_containers(client)) == ["app1", "app2", "app3", "lb1", "monitor1", "ops1"]
+    assert {client.containers.get(c).attrs["HostConfig"]["CpuShares"] for c in lab_containers(client).values()} == {1024}
     inventory = (lab / "hosts.yml").read_text()
     for group in ("ops:", "lb:", "app:", "monitor:"):
         assert group in inventory
@@ -116,12 +117,15 @@ def test_rerunning_the_lab_changes_nothing(lab: Path) -> None:
     assert again.changed() == 0, again.output[-4000:]
 
 
-def test_growing_the_fleet_adds_hosts_and_leaves_the_others_untouched(lab: Path, client: docker.DockerClient) -> None:
+def test_growing_the_fleet_adds_hosts_and_leaves_the_others_running(lab: Path, client: docker.DockerClient) -> None:
     before = lab_containers(client)
-    playbook("playbooks/lab.yml", "-i", str(lab / "hosts.yml"), extra_vars=lab_vars(lab, 4)).check()
+    # A new CPU weight as well: the running hosts take it in place.
+    playbook("playbooks/lab.yml", "-i", str(lab / "hosts.yml"),
+             extra_vars=dict(lab_vars(lab, 4), lab_cpu_shares=2048)).check()
     after = lab_containers(client)
     assert set(after) == set(before) | {"app4"}
     assert {name: after[name] for name in before} == before
+    assert {client.containers.get(c).attrs["HostConfig"]["CpuShares"] for c in after.values()} == {2048}
     answer = ssh(lab, 2314, lab / "state" / "known_hosts", "hostname")
     assert answer.stdout.strip() == "app4", answer.stderr
 
