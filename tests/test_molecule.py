@@ -16,10 +16,13 @@ pytestmark = [pytest.mark.molecule, pytest.mark.slow]
 
 
 def scenarios() -> list[tuple[Path, str]]:
-    found = [(REPO, p.parent.name) for p in sorted((REPO / "molecule").glob("*/molecule.yml"))]
-    for path in sorted((REPO / "roles").glob("*/molecule/*/molecule.yml")):
-        found.append((path.parent.parent.parent, path.parent.name))
-    return found
+    """Longest first, so that no long scenario is left to start when the other workers run dry: the
+    top-level scenarios (several roles on both hosts), then each role's, and the platform's last
+    (it converges nothing)."""
+    top = [(REPO, p.parent.name) for p in sorted((REPO / "molecule").glob("*/molecule.yml"))]
+    roles = [(p.parent.parent.parent, p.parent.name) for p in sorted((REPO / "roles").glob("*/molecule/*/molecule.yml"))]
+    platform = [(REPO, "platform")]
+    return [s for s in top if s not in platform] + roles + platform
 
 
 def dangling_volumes(client: docker.DockerClient) -> set[str]:
