@@ -28,6 +28,9 @@ MAX_BODY = int(os.environ.get("DEMO_MAX_BODY", str(1024 * 1024)))
 class Handler(BaseHTTPRequestHandler):
     server_version = "fleetdeploy-demo"
     protocol_version = "HTTP/1.1"
+    # TCP_NODELAY: headers and body go out in two writes, and on a kept-alive connection Nagle would
+    # hold the body until the peer's delayed ACK, about 40 ms later.
+    disable_nagle_algorithm = True
 
     def _send(self, status: int, payload: dict[str, object] | bytes, content_type: str = "application/json") -> None:
         body = payload if isinstance(payload, bytes) else (json.dumps(payload) + "\n").encode()
