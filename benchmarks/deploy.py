@@ -5,6 +5,13 @@ For each fleet size (default 1, 2, 3 and 6 app hosts, grown in that order) and e
 runs, and report: requests, failures, p50/p99 before and during the deploy, the deploy's wall time
 and its time per host; then a no-op re-deploy's time. All traffic goes to 127.0.0.1.
 
+Each deploy also reports where a host's time goes (the median over its hosts), from the start and end
+of every task on every host (benchmarks/callback_plugins/step_times.py): pulling the images, leaving
+the load balancer, starting the new container, waiting for its health check, switching nginx,
+draining and stopping the old container, coming back; and the swap's time beyond the service's own
+start (from starting the new container to removing the old, less the start and the health wait),
+whose target is 10 s at most.
+
 The lab is named fdbench (its own ports, inventory and fact cache), so yours is never touched; it is
 removed at the end unless --keep.
 Usage: .venv/bin/python benchmarks/deploy.py [--hosts 1,2,3,6] [--serial 1,50%] [--keep]
@@ -16,6 +23,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -32,6 +40,49 @@ LAB = "fdbench"
 HTTP_PORT = 38080
 RATE = 60
 RELEASES = ("v1", "v2")
+STEP_TIMES = REPO / "benchmarks" / "callback_plugins"
+
+# A host's steps during a deploy: the task file they come from, and within the swap the task's name.
+STEPS_BY_FILE = {"app_release/tasks/plan.yml": "plan", "app_release/tasks/pull.yml": "pull",
+                 "lb_member/tasks/drain.yml": "lb_out", "lb_member/tasks/haproxy_drain.yml": "lb_out",
+                 "lb_member/tasks/restore.yml": "lb_in", "lb_member/tasks/haproxy_restore.yml": "lb_in"}
+SWAP_STEPS = {"Start the new release": "start", "Wait until the new container answers": "health",
+              "Point nginx at the new": "switch", "Test the nginx configuration": "switch",
+              "Reload nginx gracefully": "switch", "Let the old container finish": "drain",
+              "Stop the old container": "stop"}
+
+
+def step_of(line: dict) -> str:
+    path = line["path"]
+    for file, step in STEPS_BY_FILE.items():
+        if f"/roles/{file}:" in path:
+            return step
+    if "/roles/app_release/tasks/swap_one.yml:" in path:
+        return next((step for prefix, step in SWAP_STEPS.items() if line["task"].startswith(prefix)), "record")
+    return "other"
+
+
+def host_steps(lines: list[dict]) -> dict[str, dict[str, float]]:
+    """Per app host: seconds in each step, the whole swap, and the swap beyond the service's own start."""
+    hosts: dict[str, dict[str, float]] = {}
+    for host in sorted({line["host"] for line in lines}):
+        mine = [line for line in lines if line["host"] == host]
+        steps: dict[str, float] = {}
+        for line in mine:
+            step = step_of(line)
+            steps[step] = steps.get(step, 0.0) + line["end"] - line["start"]
+        swap = [line for line in mine if step_of(line) in {"start", "health", "switch", "drain", "stop"}]
+        if not swap:
+            continue  # a host the deploy left alone
+        steps["swap"] = max(line["end"] for line in swap) - min(line["start"] for line in swap)
+        steps["swap_beyond_service_start"] = steps["swap"] - steps.get("start", 0.0) - steps.get("health", 0.0)
+        hosts[host] = steps
+    return hosts
+
+
+def median_steps(hosts: dict[str, dict[str, float]]) -> dict[str, float]:
+    names = sorted({name for steps in hosts.values() for name in steps})
+    return {name: round(statistics.median(steps.get(name, 0.0) for steps in hosts.values()), 2) for name in names}
 
 
 class BenchLab:
@@ -51,6 +102,19 @@ class BenchLab:
         return playbook(path, "-i", str(self.inventory), *args, extra_vars=extra_vars or None,
                         FLEETDEPLOY_ACTOR="benchmark", ANSIBLE_CACHE_PLUGIN_CONNECTION=str(self.root / "facts"))
 
+    def timed_deploy(self, release: str, serial: str) -> tuple[float, list[dict]]:
+        """A deploy with the step_times callback on; its wall time and the app hosts' task times."""
+        log = self.root / f"steps-{release}-{serial.replace('%', 'pct')}.jsonl"
+        log.unlink(missing_ok=True)
+        started = time.monotonic()
+        playbook("deploy.yml", "-i", str(self.inventory), extra_vars={"release": release, "deploy_serial": serial},
+                 FLEETDEPLOY_ACTOR="benchmark", ANSIBLE_CACHE_PLUGIN_CONNECTION=str(self.root / "facts"),
+                 ANSIBLE_CALLBACK_PLUGINS=str(STEP_TIMES), FLEETDEPLOY_STEP_LOG=str(log),
+                 ANSIBLE_CALLBACKS_ENABLED="ansible.posix.profile_tasks,step_times").check()
+        took = time.monotonic() - started
+        lines = [json.loads(text) for text in log.read_text().splitlines()]
+        return took, [line for line in lines if line["host"].startswith("app")]
+
     def grow(self, app_hosts: int) -> float:
         started = time.monotonic()
         playbook("playbooks/lab.yml", extra_vars=self.lab_vars(app_hosts)).check()
@@ -65,13 +129,14 @@ def deploy_under_load(lab: BenchLab, release: str, serial: str) -> dict[str, obj
     with LoadGenerator("127.0.0.1", HTTP_PORT, rate=RATE) as before:
         time.sleep(10)
     with LoadGenerator("127.0.0.1", HTTP_PORT, rate=RATE) as during:
-        started = time.monotonic()
-        lab.play("deploy.yml", release=release, deploy_serial=serial).check()
-        took = time.monotonic() - started
+        took, lines = lab.timed_deploy(release, serial)
     b, d = before.result, during.result
+    hosts = host_steps(lines)
     return {"deploy_s": round(took, 1), "steady": {k: b.summary()[k] for k in ("requests", "failures", "p50_ms", "p99_ms")},
             "during": {k: d.summary()[k] for k in ("requests", "failures", "p50_ms", "p99_ms")},
-            "p99_ratio": round(d.percentile(99) / b.percentile(99), 2) if b.latencies and d.latencies else None}
+            "p99_ratio": round(d.percentile(99) / b.percentile(99), 2) if b.latencies and d.latencies else None,
+            "host_steps_median_s": median_steps(hosts),
+            "swap_beyond_service_start_max_s": round(max(s["swap_beyond_service_start"] for s in hosts.values()), 2)}
 
 
 def main() -> None:
