@@ -45,8 +45,9 @@ console: setup ## Run the deploy console against the lab on http://127.0.0.1:876
 test: setup browser image ## The whole test suite, from a clean clone (lint runs inside it: tests/test_lint.py)
 	pytest -n 3
 
-bench: setup image ## Timings of setup, image and lab (JSON)
+bench: setup image ## Timings of setup, image and lab, a module run's CPU on a host, the console (JSON)
 	python benchmarks/foundation.py
+	python benchmarks/modules.py
 	python benchmarks/console.py
 
 bench-deploy: setup image ## Deploys under load on 1, 2, 3 and 6 app hosts, batch 1 and 50% (JSON; about an hour)

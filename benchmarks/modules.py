@@ -1,0 +1,93 @@
+"""What one Ansible module run costs a host, with and without the host image's compiled-module cache.
+
+Starts a throw-away host from each host image (fdbench-modules-<distribution>), runs the same
+modules over the docker connection a number of times, and reads the CPU the host's container used
+from its cgroup: first with the cache (roles/lab_image/files/fleetdeploy_zipimport_cache.py), then
+with its .pth file removed. The controller's own CPU is reported too. Prints JSON.
+Usage: .venv/bin/python benchmarks/modules.py [--runs 10] [--images debian12,debian13]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+
+from helpers import VENV_BIN, run  # noqa: E402
+
+MODULES = {"ping": {}, "command": {"cmd": "true"}, "file": {"path": "/tmp/bench", "state": "touch"},
+           "apt": {"name": "ca-certificates"}}
+
+# The hosts' settings from the shared Molecule platform (.config/molecule/config.yml), fewer capabilities.
+HOST = ["--cgroupns", "host", "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw", "--tmpfs", "/run", "--tmpfs", "/run/lock",
+        "--tmpfs", "/tmp", "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",
+        "--cap-drop", "ALL", "--cap-add", "CHOWN", "--cap-add", "DAC_OVERRIDE", "--cap-add", "FOWNER",
+        "--cap-add", "SETUID", "--cap-add", "SETGID", "--cap-add", "SYS_ADMIN", "--cap-add", "KILL",
+        "--cap-add", "NET_ADMIN", "--cap-add", "SYS_CHROOT", "--cap-add", "SETPCAP", "--cap-add", "AUDIT_WRITE",
+        "-e", "container=docker"]
+
+
+def cpu_ns(container_id: str) -> int:
+    for path in (f"/sys/fs/cgroup/cpuacct/docker/{container_id}/cpuacct.usage",
+                 f"/sys/fs/cgroup/system.slice/docker-{container_id}.scope/cpu.stat"):
+        try:
+            text = Path(path).read_text()
+        except OSError:
+            continue
+        if path.endswith("cpu.stat"):
+            return int(dict(line.split() for line in text.splitlines())["usage_usec"]) * 1000
+        return int(text)
+    raise SystemExit(f"cannot read the CPU use of container {container_id} from its cgroup")
+
+
+def module_costs(name: str, runs: int) -> dict[str, float]:
+    """Milliseconds of host CPU per run of each module."""
+    figures: dict[str, float] = {}
+    container = subprocess.run(["docker", "inspect", "-f", "{{.Id}}", name], capture_output=True, text=True,
+                               check=True).stdout.strip()
+    with tempfile.TemporaryDirectory(prefix="fdbench-modules-") as folder:
+        for module, args in MODULES.items():
+            command = [str(VENV_BIN / "ansible-playbook"), "-i", f"{name},", "-c", "community.docker.docker",
+                       "-e", "ansible_pipelining=true"]
+            for count in (1, runs):  # the warm-up, then the measured runs
+                book = Path(folder) / f"{module}-{count}.yml"
+                book.write_text(json.dumps([{"hosts": "all", "gather_facts": False, "tasks": [
+                    {"name": f"{module} {n}", f"ansible.builtin.{module}": args} for n in range(count)]}]))
+                before = cpu_ns(container)
+                run([*command, str(book)]).check()
+            figures[f"{module}_ms"] = round((cpu_ns(container) - before) / runs / 1e6, 1)
+    return figures
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--images", default="debian12,debian13")
+    args = parser.parse_args()
+    results = {"runs_per_module": args.runs, "hosts": {}}
+    for distribution in args.images.split(","):
+        name = f"fdbench-modules-{distribution}"
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)
+        subprocess.run(["docker", "run", "-d", "--name", name, *HOST, f"fleetdeploy/host:{distribution}",
+                        "/lib/systemd/systemd"], capture_output=True, check=True)
+        try:
+            time.sleep(3)  # systemd's own start-up, so it is not counted against the first module
+            cached = module_costs(name, args.runs)
+            subprocess.run(["docker", "exec", name, "sh", "-c",
+                            "rm -f /usr/local/lib/python3*/dist-packages/fleetdeploy_zipimport_cache.pth"], check=True)
+            uncached = module_costs(name, args.runs)
+            results["hosts"][distribution] = {"with_cache": cached, "without_cache": uncached}  # type: ignore[index]
+        finally:
+            subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
