@@ -17,8 +17,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,15 +29,13 @@ from typing import Any
 import httpx
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+
+from console_server import Server, start_server  # noqa: E402
+
 FIXTURES = REPO / "tests" / "console" / "fixtures"
 BIN = REPO / ".venv" / "bin"
 PASSWORD = "bench-password-1234"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def rss_mb(pid: int) -> float:
@@ -101,27 +97,20 @@ class Console:
         token = subprocess.run([str(BIN / "fleetdeploy-console"), "create-token", "bench", "--role", "deployer",
                                 "--config", str(self.config)], text=True, check=True, capture_output=True)
         self.token = token.stdout.strip()
+        self.server: Server | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
 
     def start(self) -> float:
-        port = free_port()
-        self.url = f"http://127.0.0.1:{port}"
-        start = time.monotonic()
-        self.proc = subprocess.Popen([str(BIN / "fleetdeploy-console"), "serve", "--config", str(self.config),
-                                      "--port", str(port), "--no-access-log", "--log-level", "warning"],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        while True:
-            try:
-                if httpx.get(f"{self.url}/healthz", timeout=0.5).status_code == 200:
-                    return time.monotonic() - start
-            except httpx.HTTPError:
-                time.sleep(0.02)
+        """Seconds from spawning `serve` to its first answer on /healthz."""
+        self.server = start_server(self.config.parent, self.config, dict(os.environ), "--no-access-log",
+                                   "--log-level", "warning", poll=0.02)
+        self.proc, self.url = self.server.proc, self.server.url
+        return self.server.started_s
 
     def stop(self) -> None:
-        if self.proc:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(timeout=20)
+        if self.server:
+            self.server.stop()
 
     def api(self) -> httpx.Client:
         return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.token}"}, timeout=120)

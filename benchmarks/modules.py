@@ -4,13 +4,14 @@ Starts a throw-away host from each host image (fdbench-modules-<distribution>), 
 modules over the docker connection a number of times, and reads the CPU the host's container used
 from its cgroup: first with the cache (roles/lab_image/files/fleetdeploy_zipimport_cache.py), then
 with its .pth file removed. The controller's own CPU is reported too. Prints JSON.
-Usage: .venv/bin/python benchmarks/modules.py [--runs 10] [--images debian12,debian13]
+Usage: .venv/bin/python benchmarks/modules.py [--runs 5] [--rounds 3] [--images debian12,debian13]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -66,24 +67,39 @@ def module_costs(name: str, runs: int) -> dict[str, float]:
     return figures
 
 
+def set_cache(name: str, on: bool) -> None:
+    """Put the cache's .pth file in place, or move it aside (the cache folder itself stays)."""
+    script = ('cd "$(python3 -c "import site; print(site.getsitepackages()[0])")" && '
+              + ("mv -f fleetdeploy_zipimport_cache.pth.off fleetdeploy_zipimport_cache.pth 2>/dev/null || true" if on
+                 else "mv -f fleetdeploy_zipimport_cache.pth fleetdeploy_zipimport_cache.pth.off 2>/dev/null || true"))
+    subprocess.run(["docker", "exec", name, "sh", "-c", script], check=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--runs", type=int, default=5, help="module runs per measurement")
+    parser.add_argument("--rounds", type=int, default=3, help="measurements per module, with and without, alternating")
     parser.add_argument("--images", default="debian12,debian13")
     args = parser.parse_args()
-    results = {"runs_per_module": args.runs, "hosts": {}}
+    results: dict[str, object] = {"runs_per_measurement": args.runs, "rounds": args.rounds, "hosts": {}}
     for distribution in args.images.split(","):
         name = f"fdbench-modules-{distribution}"
         subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)
         subprocess.run(["docker", "run", "-d", "--name", name, *HOST, f"fleetdeploy/host:{distribution}",
                         "/lib/systemd/systemd"], capture_output=True, check=True)
         try:
-            time.sleep(3)  # systemd's own start-up, so it is not counted against the first module
-            cached = module_costs(name, args.runs)
-            subprocess.run(["docker", "exec", name, "sh", "-c",
-                            "rm -f /usr/local/lib/python3*/dist-packages/fleetdeploy_zipimport_cache.pth"], check=True)
-            uncached = module_costs(name, args.runs)
-            results["hosts"][distribution] = {"with_cache": cached, "without_cache": uncached}  # type: ignore[index]
+            # systemd's own start-up must not count against the first module
+            subprocess.run(["docker", "exec", name, "systemctl", "is-system-running", "--wait"],
+                           capture_output=True, timeout=120, check=False)
+            samples: dict[str, dict[str, list[float]]] = {"with_cache": {}, "without_cache": {}}
+            for _ in range(args.rounds):
+                for mode in samples:
+                    set_cache(name, mode == "with_cache")
+                    for module, ms in module_costs(name, args.runs).items():
+                        samples[mode].setdefault(module, []).append(ms)
+            results["hosts"][distribution] = {  # type: ignore[index]
+                mode: {module: round(statistics.median(values), 1) for module, values in figures.items()}
+                for mode, figures in samples.items()}
         finally:
             subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)
     print(json.dumps(results, indent=2))

@@ -42,6 +42,7 @@ class Server:
     root: Path
     log: Path
     proc: subprocess.Popen[bytes]
+    started_s: float = 0.0  # from the spawn to the first answer of /healthz
     tokens: dict[str, str] = field(default_factory=dict)
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
@@ -54,20 +55,21 @@ class Server:
                 self.proc.wait()
 
 
-def start_server(root: Path, config: Path, env: dict[str, str]) -> Server:
-    """Start `serve` on a free port of 127.0.0.1 and wait until it answers /healthz."""
+def start_server(root: Path, config: Path, env: dict[str, str], *serve_args: str, poll: float = 0.1) -> Server:
+    """Start `serve` on a free port of 127.0.0.1 and wait until it answers /healthz, polling every `poll` s."""
     port = free_port()
     log = root / "server.log"
-    proc = subprocess.Popen([str(CONSOLE), "serve", "--config", str(config), "--port", str(port)],
+    started = time.monotonic()
+    proc = subprocess.Popen([str(CONSOLE), "serve", "--config", str(config), "--port", str(port), *serve_args],
                             stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
+    deadline = started + 30
     while time.monotonic() < deadline:
         try:
             if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return Server(url, config, root, log, proc)
+                return Server(url, config, root, log, proc, started_s=time.monotonic() - started)
         except httpx.HTTPError:
-            time.sleep(0.1)
+            time.sleep(poll)
         assert proc.poll() is None, log.read_text()
     raise AssertionError(f"the console did not start:\n{log.read_text()}")
 
