@@ -58,7 +58,8 @@ def step_of(line: dict) -> str:
         if f"/roles/{file}:" in path:
             return step
     if "/roles/app_release/tasks/swap_one.yml:" in path:
-        return next((step for prefix, step in SWAP_STEPS.items() if line["task"].startswith(prefix)), "record")
+        name = line["task"].split(" : ", 1)[-1]  # without the "app_release : " Ansible puts before it
+        return next((step for prefix, step in SWAP_STEPS.items() if name.startswith(prefix)), "record")
     return "other"
 
 
