@@ -105,8 +105,7 @@ class BenchLab:
 
     def timed_deploy(self, release: str, serial: str) -> tuple[float, list[dict]]:
         """A deploy with the step_times callback on; its wall time and the app hosts' task times."""
-        log = self.root / f"steps-{release}-{serial.replace('%', 'pct')}.jsonl"
-        log.unlink(missing_ok=True)
+        log = self.root / f"steps-{time.time_ns()}.jsonl"
         started = time.monotonic()
         playbook("deploy.yml", "-i", str(self.inventory), extra_vars={"release": release, "deploy_serial": serial},
                  FLEETDEPLOY_ACTOR="benchmark", ANSIBLE_CACHE_PLUGIN_CONNECTION=str(self.root / "facts"),
