@@ -1,6 +1,6 @@
 """The host images' cache of code compiled from zip imports (roles/lab_image/files): a second import of
 the same source from another zip compiles nothing and names the zip it came from; a cache folder
-anyone else can write is never used. Each case runs in a Python of its own, so the hook stays there."""
+anyone else can write, or a symlink, is never used. Each case runs in a Python of its own, so the hook stays there."""
 
 from __future__ import annotations
 
@@ -68,6 +68,15 @@ def test_a_cache_folder_others_can_write_is_not_used(tmp_path: Path) -> None:
     answer = import_from(payload_zip(tmp_path / "first.zip"), cache)
     assert answer.splitlines()[0] == "not installed", answer
     assert list(cache.iterdir()) == []
+
+
+def test_a_cache_folder_that_is_a_symlink_is_not_used(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    (tmp_path / "cache").symlink_to(real)
+    answer = import_from(payload_zip(tmp_path / "first.zip"), tmp_path / "cache")
+    assert answer.splitlines()[0] == "not installed", answer
+    assert list(real.iterdir()) == []
 
 
 def test_a_damaged_entry_is_compiled_again(tmp_path: Path) -> None:

@@ -11,9 +11,8 @@ traceback names the file that ran. A `.pth` file imports this at interpreter sta
 
 from __future__ import annotations
 
-import hashlib
-import marshal
 import os
+import stat
 import sys
 import types
 import zipimport
@@ -30,7 +29,7 @@ def usable(cache: str) -> bool:
         info = os.lstat(cache)
     except OSError:
         return False
-    return info.st_uid == 0 and info.st_mode & 0o077 == 0 and not os.path.islink(cache)
+    return stat.S_ISDIR(info.st_mode) and info.st_uid == 0 and info.st_mode & 0o077 == 0
 
 
 def refile(code: types.CodeType, filename: str) -> types.CodeType:
@@ -45,6 +44,9 @@ def install(cache: str = CACHE) -> bool:
     salt = b"%s\0%d\0" % (sys.implementation.cache_tag.encode(), sys.flags.optimize)
 
     def cached_compile_source(pathname: str, source: bytes) -> types.CodeType:
+        import hashlib  # here, not at start-up: every Python that root starts loads this file
+        import marshal
+
         path = os.path.join(cache, hashlib.sha256(salt + source).hexdigest())
         try:
             with open(path, "rb") as cached:
