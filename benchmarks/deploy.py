@@ -67,12 +67,11 @@ def host_steps(lines: list[dict]) -> dict[str, dict[str, float]]:
     """Per app host: seconds in each step, the whole swap, and the swap beyond the service's own start."""
     hosts: dict[str, dict[str, float]] = {}
     for host in sorted({line["host"] for line in lines}):
-        mine = [line for line in lines if line["host"] == host]
+        mine = [(step_of(line), line) for line in lines if line["host"] == host]
         steps: dict[str, float] = {}
-        for line in mine:
-            step = step_of(line)
+        for step, line in mine:
             steps[step] = steps.get(step, 0.0) + line["end"] - line["start"]
-        swap = [line for line in mine if step_of(line) in {"start", "health", "switch", "drain", "stop"}]
+        swap = [line for step, line in mine if step in {"start", "health", "switch", "drain", "stop"}]
         if not swap:
             continue  # a host the deploy left alone
         steps["swap"] = max(line["end"] for line in swap) - min(line["start"] for line in swap)
@@ -99,18 +98,18 @@ class BenchLab:
                 "lab_alertmanager_port": 39093, "lab_registry_port": 35443,
                 "lab_state_dir": str(self.root / "state"), "lab_inventory_file": str(self.inventory / "hosts.yml")}
 
-    def play(self, path: str, *args: str, **extra_vars: object) -> Run:
+    def play(self, path: str, *args: str, env: dict[str, str] | None = None, **extra_vars: object) -> Run:
         return playbook(path, "-i", str(self.inventory), *args, extra_vars=extra_vars or None,
-                        FLEETDEPLOY_ACTOR="benchmark", ANSIBLE_CACHE_PLUGIN_CONNECTION=str(self.root / "facts"))
+                        FLEETDEPLOY_ACTOR="benchmark", ANSIBLE_CACHE_PLUGIN_CONNECTION=str(self.root / "facts"),
+                        **(env or {}))
 
     def timed_deploy(self, release: str, serial: str) -> tuple[float, list[dict]]:
         """A deploy with the step_times callback on; its wall time and the app hosts' task times."""
         log = self.root / f"steps-{time.time_ns()}.jsonl"
         started = time.monotonic()
-        playbook("deploy.yml", "-i", str(self.inventory), extra_vars={"release": release, "deploy_serial": serial},
-                 FLEETDEPLOY_ACTOR="benchmark", ANSIBLE_CACHE_PLUGIN_CONNECTION=str(self.root / "facts"),
-                 ANSIBLE_CALLBACK_PLUGINS=str(STEP_TIMES), FLEETDEPLOY_STEP_LOG=str(log),
-                 ANSIBLE_CALLBACKS_ENABLED="ansible.posix.profile_tasks,step_times").check()
+        self.play("deploy.yml", release=release, deploy_serial=serial,
+                  env={"ANSIBLE_CALLBACK_PLUGINS": str(STEP_TIMES), "FLEETDEPLOY_STEP_LOG": str(log),
+                       "ANSIBLE_CALLBACKS_ENABLED": "ansible.posix.profile_tasks,step_times"}).check()
         took = time.monotonic() - started
         lines = [json.loads(text) for text in log.read_text().splitlines()]
         return took, [line for line in lines if line["host"].startswith("app")]
