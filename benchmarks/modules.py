@@ -2,8 +2,9 @@
 
 Starts a throw-away host from each host image (fdbench-modules-<distribution>), runs the same
 modules over the docker connection a number of times, and reads the CPU the host's container used
-from its cgroup: first with the cache (roles/lab_image/files/fleetdeploy_zipimport_cache.py), then
-with its .pth file removed. The controller's own CPU is reported too. Prints JSON.
+from its cgroup, with the cache (roles/lab_image/files/fleetdeploy_zipimport_cache.py) and with its
+.pth file moved aside, alternating for a number of rounds; it prints the medians. Each measurement
+runs a module as N tasks of one playbook, after a one-task warm-up that fills the cache. Prints JSON.
 Usage: .venv/bin/python benchmarks/modules.py [--runs 5] [--rounds 3] [--images debian12,debian13]
 """
 
