@@ -5,6 +5,12 @@ For each fleet size (default 1, 2, 3 and 6 app hosts, grown in that order) and e
 runs, and report: requests, failures, p50/p99 before and during the deploy, the deploy's wall time
 and its time per host; then a no-op re-deploy's time and p99 ratio, also under load. All traffic goes to 127.0.0.1.
 
+Each of those runs once per --controller-nice value (default 0 and 10). In the lab the controller
+shares two cores with every host, the load balancer and the load generator; a real controller (a CI
+runner, the ops host) does not run on the app hosts. At nice 10 the controller yields the CPU to
+them, while the hosts' own work (the modules, docker, nginx's reload) keeps its priority, as on
+real hosts. Both rows are printed.
+
 Each deploy also reports where a host's time goes (the median over its hosts), from the start and end
 of every task on every host (benchmarks/callback_plugins/step_times.py): pulling the images, leaving
 the load balancer, starting the new container, waiting for its health check, switching nginx,
@@ -98,16 +104,17 @@ class BenchLab:
                 "lab_alertmanager_port": 39093, "lab_registry_port": 35443,
                 "lab_state_dir": str(self.root / "state"), "lab_inventory_file": str(self.inventory / "hosts.yml")}
 
-    def play(self, path: str, *args: str, env: dict[str, str] | None = None, **extra_vars: object) -> Run:
-        return playbook(path, "-i", str(self.inventory), *args, extra_vars=extra_vars or None,
+    def play(self, path: str, *args: str, env: dict[str, str] | None = None, nice: int = 0,
+             **extra_vars: object) -> Run:
+        return playbook(path, "-i", str(self.inventory), *args, extra_vars=extra_vars or None, nice=nice,
                         FLEETDEPLOY_ACTOR="benchmark", ANSIBLE_CACHE_PLUGIN_CONNECTION=str(self.root / "facts"),
                         **(env or {}))
 
-    def timed_deploy(self, release: str, serial: str) -> tuple[float, list[dict]]:
+    def timed_deploy(self, release: str, serial: str, nice: int) -> tuple[float, list[dict]]:
         """A deploy with the step_times callback on; its wall time and the app hosts' task times."""
         log = self.root / f"steps-{time.time_ns()}.jsonl"
         started = time.monotonic()
-        self.play("deploy.yml", release=release, deploy_serial=serial,
+        self.play("deploy.yml", release=release, deploy_serial=serial, nice=nice,
                   env={"ANSIBLE_CALLBACK_PLUGINS": str(STEP_TIMES), "FLEETDEPLOY_STEP_LOG": str(log),
                        "ANSIBLE_CALLBACKS_ENABLED": "ansible.posix.profile_tasks,step_times"}).check()
         took = time.monotonic() - started
@@ -124,11 +131,11 @@ class BenchLab:
         playbook("playbooks/lab_destroy.yml", extra_vars=self.lab_vars(1))
 
 
-def deploy_under_load(lab: BenchLab, release: str, serial: str) -> dict[str, object]:
+def deploy_under_load(lab: BenchLab, release: str, serial: str, nice: int) -> dict[str, object]:
     with LoadGenerator("127.0.0.1", HTTP_PORT, rate=RATE) as before:
         time.sleep(10)
     with LoadGenerator("127.0.0.1", HTTP_PORT, rate=RATE) as during:
-        took, lines = lab.timed_deploy(release, serial)
+        took, lines = lab.timed_deploy(release, serial, nice)
     b, d = before.result, during.result
     hosts = host_steps(lines)
     return {"deploy_s": round(took, 1), "steady": {k: b.summary()[k] for k in ("requests", "failures", "p50_ms", "p99_ms")},
@@ -143,10 +150,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hosts", default="1,2,3,6")
     parser.add_argument("--serial", default="1,50%")
+    parser.add_argument("--controller-nice", default="0,10",
+                        help="nice values to run ansible-playbook at, each a row of its own: the lab's hosts, the "
+                             "load balancer and the load generator share this machine's cores with the controller, "
+                             "which a real fleet does not")
     parser.add_argument("--keep", action="store_true", help="leave the fdbench lab running")
     args = parser.parse_args()
     sizes = sorted(int(n) for n in args.hosts.split(","))
     serials = args.serial.split(",")
+    nices = [int(n) for n in args.controller_nice.split(",")]
 
     lab = BenchLab(Path(tempfile.mkdtemp(prefix="fdbench-")))
     figures: dict[str, object] = {"rate_per_s": RATE, "fleets": []}
@@ -160,17 +172,19 @@ def main() -> None:
                     lab.play("playbooks/build.yml", release=release).check()
                 lab.play("deploy.yml", release=RELEASES[0]).check()
                 current = RELEASES[0]
-            for serial in serials:
-                target = RELEASES[1] if current == RELEASES[0] else RELEASES[0]
-                entry = {"serial": serial, **deploy_under_load(lab, target, serial)}
-                entry["per_host_s"] = round(entry["deploy_s"] / size, 1)  # type: ignore[operator]
-                current = target
-                fleet["deploys"].append(entry)  # type: ignore[union-attr]
-            # The same release again changes nothing: its latency figures show what the run's own CPU
-            # use (ansible, the health checks) does to the traffic on this shared machine, without a swap.
-            noop = deploy_under_load(lab, current, "1")
-            fleet["noop_redeploy_s"] = noop["deploy_s"]
-            fleet["noop_redeploy_p99_ratio"] = noop["p99_ratio"]
+            fleet["noop_redeploys"] = []
+            for nice in nices:
+                for serial in serials:
+                    target = RELEASES[1] if current == RELEASES[0] else RELEASES[0]
+                    entry = {"serial": serial, "controller_nice": nice, **deploy_under_load(lab, target, serial, nice)}
+                    entry["per_host_s"] = round(entry["deploy_s"] / size, 1)  # type: ignore[operator]
+                    current = target
+                    fleet["deploys"].append(entry)  # type: ignore[union-attr]
+                # The same release again changes nothing: its latency figures show what the run's own CPU
+                # use (ansible, the health checks) does to the traffic on this shared machine, without a swap.
+                noop = deploy_under_load(lab, current, "1", nice)
+                fleet["noop_redeploys"].append(  # type: ignore[union-attr]
+                    {"controller_nice": nice, "deploy_s": noop["deploy_s"], "p99_ratio": noop["p99_ratio"]})
             figures["fleets"].append(fleet)  # type: ignore[union-attr]
             print(json.dumps(fleet), file=sys.stderr, flush=True)
     finally:

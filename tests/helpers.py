@@ -67,8 +67,10 @@ def run(args: list[str], cwd: Path = REPO, timeout: int = 1800, **extra_env: str
     return Run(args=args, returncode=proc.returncode, output=proc.stdout)
 
 
-def playbook(path: str, *args: str, extra_vars: dict[str, object] | None = None, **extra_env: str) -> Run:
-    cmd = [str(VENV_BIN / "ansible-playbook"), path, *args]
+def playbook(path: str, *args: str, extra_vars: dict[str, object] | None = None, nice: int = 0,
+             **extra_env: str) -> Run:
+    """ansible-playbook with the Makefile's environment; `nice` lowers the controller's CPU priority."""
+    cmd = ["nice", "-n", str(nice)] * bool(nice) + [str(VENV_BIN / "ansible-playbook"), path, *args]
     if extra_vars:
         cmd += ["-e", json.dumps(extra_vars)]
     return run(cmd, **extra_env)
