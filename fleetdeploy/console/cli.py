@@ -28,7 +28,7 @@ def _load(args: argparse.Namespace) -> configmod.Config:
 def cmd_migrate(args: argparse.Namespace) -> int:
     cfg = _load(args)
     migrate(cfg.database)
-    print(f"database at the newest schema: {_safe_url(cfg.database)}")
+    print(f"database at the newest schema: {cfg.database_shown}")
     return 0
 
 
@@ -111,17 +111,18 @@ def cmd_create_token(args: argparse.Namespace) -> int:
     return 0
 
 
-def _safe_url(url: str) -> str:
-    from sqlalchemy.engine import make_url
-
-    return make_url(url).render_as_string(hide_password=True)
+def _name(text: str) -> str:
+    if not 1 <= len(text) <= 64 or text != text.strip():
+        raise argparse.ArgumentTypeError("a name has 1 to 64 characters and no surrounding spaces")
+    return text
 
 
 def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", help="console config file (YAML); default $FLEETDEPLOY_CONSOLE_CONFIG or none")
-    common.add_argument("--database", help="SQLAlchemy URL; default a SQLite file in the data directory "
-                                           "(postgresql+psycopg://user@host/db for PostgreSQL)")
+    common.add_argument("--database", help="sqlite:///PATH (default: console.db in the data directory) or "
+                                           "postgresql://USER@HOST[:PORT]/NAME; a password belongs in the config "
+                                           "file's database_password_file or database_password_env, not here")
     common.add_argument("--data-dir", help="where the database and job run directories live (default .console/)")
 
     p = argparse.ArgumentParser(prog="fleetdeploy-console", description="The fleetdeploy deploy console")
@@ -136,7 +137,7 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_serve)
 
     u = sub.add_parser("create-user", parents=[common], help="add a user (or change one with --update)")
-    u.add_argument("name")
+    u.add_argument("name", type=_name)
     u.add_argument("--role", choices=ROLES, required=True)
     u.add_argument("--environments", help="comma-separated; default every environment")
     u.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
@@ -144,7 +145,7 @@ def parser() -> argparse.ArgumentParser:
     u.set_defaults(func=cmd_create_user)
 
     t = sub.add_parser("create-token", parents=[common], help="create an API token and print it once")
-    t.add_argument("name")
+    t.add_argument("name", type=_name)
     t.add_argument("--role", choices=TOKEN_ROLES, required=True)
     t.add_argument("--environments", help="comma-separated; default every environment")
     t.set_defaults(func=cmd_create_token)
@@ -155,8 +156,15 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from sqlalchemy.exc import OperationalError
+
     args = parser().parse_args(argv)
-    return int(args.func(args))
+    try:
+        return int(args.func(args))
+    except OperationalError as exc:
+        # The driver's own words (no statement, no password): unreachable, refused, no such database...
+        reason = str(exc.orig or exc).strip().splitlines()[0]
+        sys.exit(f"fleetdeploy-console: cannot use the database {_load(args).database_shown}: {reason}")
 
 
 if __name__ == "__main__":

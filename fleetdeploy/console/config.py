@@ -84,9 +84,11 @@ class RegistryConfig:
 class Config:
     project_dir: Path
     data_dir: Path
-    database: str
+    # The SQLAlchemy URL the console connects with, password included: show database_shown instead.
+    database: str = field(repr=False)
     environments: dict[str, Environment]
     actions: dict[str, Action]
+    database_password_env: str | None = None
     vault_password_file: Path | None = None
     vault_password_env: str | None = None
     vault_password_value: str | None = field(default=None, repr=False)
@@ -109,6 +111,10 @@ class Config:
     def runs_dir(self) -> Path:
         return self.data_dir / "runs"
 
+    @property
+    def database_shown(self) -> str:
+        return shown_database(self.database)
+
 
 _SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -117,6 +123,8 @@ _SCHEMA: dict[str, Any] = {
         "project_dir": {"type": "string"},
         "data_dir": {"type": "string"},
         "database": {"type": "string"},
+        "database_password_file": {"type": "string"},
+        "database_password_env": {"type": "string"},
         "ansible_config": {"type": "string"},
         "envvars": {"type": "object", "additionalProperties": {"type": "string"}},
         "vault": {
@@ -137,8 +145,10 @@ _SCHEMA: dict[str, Any] = {
                 "timeout": {"type": "number"},
             },
         },
+        # Names and services are stored in 64-character columns (PostgreSQL holds the console to that).
         "environments": {
             "type": "object",
+            "propertyNames": {"minLength": 1, "maxLength": 64},
             "additionalProperties": {
                 "type": "object",
                 "additionalProperties": False,
@@ -148,6 +158,7 @@ _SCHEMA: dict[str, Any] = {
         },
         "actions": {
             "type": "object",
+            "propertyNames": {"minLength": 1, "maxLength": 64},
             "additionalProperties": {
                 "type": "object",
                 "additionalProperties": False,
@@ -155,7 +166,7 @@ _SCHEMA: dict[str, Any] = {
                 "properties": {
                     "playbook": {"type": "string"},
                     "description": {"type": "string"},
-                    "service": {"type": "string"},
+                    "service": {"type": "string", "maxLength": 64},
                     "release": {
                         "type": ["object", "null"],
                         "additionalProperties": False,
@@ -196,6 +207,60 @@ _SCHEMA: dict[str, Any] = {
 }
 
 
+DATABASE_FORMS = "sqlite:///PATH or postgresql://USER@HOST[:PORT]/NAME"
+
+
+def database_url(url: str, password: str | None = None) -> str:
+    """The URL the console connects with: SQLite, or PostgreSQL through psycopg 3 (the driver it ships with).
+
+    `postgresql://` and `postgres://` mean psycopg; a password from a file or variable goes into the
+    URL here, so it never has to be on a command line.
+    """
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        # The URL itself stays out of the message: it may hold a password.
+        raise ConfigError(f"database: not a database URL; use {DATABASE_FORMS}") from None
+    if parsed.drivername in ("sqlite", "sqlite+pysqlite"):
+        if password is not None:
+            raise ConfigError("database_password_file/database_password_env: a SQLite database takes no password")
+        return url
+    if parsed.drivername not in ("postgresql", "postgres", "postgresql+psycopg"):
+        raise ConfigError(f"database: {parsed.drivername} is not supported; use {DATABASE_FORMS}")
+    parsed = parsed.set(drivername="postgresql+psycopg")
+    if password is not None:
+        parsed = parsed.set(password=password)
+    return parsed.render_as_string(hide_password=False)
+
+
+def shown_database(url: str) -> str:
+    """The database URL with its password masked: what messages, logs and job markers use."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def _database_password(raw: dict[str, Any], base: Path) -> str | None:
+    if "database_password_file" in raw and "database_password_env" in raw:
+        raise ConfigError("database_password_file and database_password_env: give one of them, not both")
+    if "database_password_file" in raw:
+        path = Path(os.path.expanduser(raw["database_password_file"]))
+        path = path if path.is_absolute() else (base / path).resolve()
+        try:
+            return path.read_text().strip()
+        except OSError as exc:
+            raise ConfigError(f"database_password_file: {exc}") from exc
+    if "database_password_env" in raw:
+        name = raw["database_password_env"]
+        if name not in os.environ:
+            raise ConfigError(f"database_password_env: the variable {name} is not set")
+        return os.environ[name]
+    return None
+
+
 def default_data_dir() -> Path:
     return Path(os.environ.get("FLEETDEPLOY_CONSOLE_DATA", REPO / ".console"))
 
@@ -222,7 +287,8 @@ def load(path: Path | None, database: str | None = None, data_dir: Path | None =
 
     project_dir = resolve(raw["project_dir"], base) if "project_dir" in raw else REPO
     data = data_dir or (resolve(raw["data_dir"], base) if "data_dir" in raw else default_data_dir())
-    db = database or raw.get("database") or f"sqlite:///{data / 'console.db'}"
+    db = database_url(database or raw.get("database") or f"sqlite:///{data / 'console.db'}",
+                      _database_password(raw, base))
 
     if "environments" in raw:
         environments = {
@@ -277,6 +343,7 @@ def load(path: Path | None, database: str | None = None, data_dir: Path | None =
         project_dir=project_dir,
         data_dir=data,
         database=db,
+        database_password_env=raw.get("database_password_env"),
         environments=environments,
         actions=actions,
         vault_password_file=resolve(vault["password_file"], base) if "password_file" in vault else None,
@@ -305,7 +372,8 @@ def scrub_environment(config: Config) -> None:
     ansible-runner starts each playbook with a copy of the console's environment: a secret left there
     would reach every Ansible process, /proc/<pid>/environ and runner's artifacts.
     """
-    names = [config.vault_password_env, config.registry.password_env if config.registry else None]
+    names = [config.vault_password_env, config.registry.password_env if config.registry else None,
+             config.database_password_env]
     for name in names:
         if name:
             os.environ.pop(name, None)

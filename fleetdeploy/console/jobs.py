@@ -29,7 +29,7 @@ import ansible_runner
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from fleetdeploy.console.config import Action, Config, Environment
+from fleetdeploy.console.config import Action, Config, Environment, shown_database
 from fleetdeploy.console.db import Job, JobEvent, Release, now
 from fleetdeploy.console.grid import RELEASE_FACT, Grid
 from fleetdeploy.console.notify import Notifier
@@ -139,8 +139,11 @@ def job_dict(job: Job) -> dict[str, Any]:
 
 
 def job_marker(database: str, job_id: int) -> str:
-    """The marker value of one job of the console whose job store is `database`."""
-    return f"{hashlib.sha256(database.encode()).hexdigest()[:12]}-{job_id}"
+    """The marker value of one job of the console whose job store is `database`.
+
+    The marker is in every process of the job's environment: it is made from the URL without its password.
+    """
+    return f"{hashlib.sha256(shown_database(database).encode()).hexdigest()[:12]}-{job_id}"
 
 
 def job_processes(job: str) -> list[int]:

@@ -305,13 +305,19 @@ class Console:
                     fingerprint=fingerprint,
                     status="resolved" if item.get("status") == "resolved" else "firing",
                     name=str(labels.get("alertname", "alert"))[:255],
-                    environment=(labels.get("environment") or labels.get("env")),
-                    severity=labels.get("severity"),
+                    environment=_clip(labels.get("environment") or labels.get("env"), 64),
+                    severity=_clip(labels.get("severity"), 32),
                     summary=str(annotations.get("summary") or annotations.get("description") or "")[:2000],
-                    labels=labels, starts_at=item.get("startsAt"), ends_at=item.get("endsAt"), updated_at=now(),
+                    labels=labels, starts_at=_clip(item.get("startsAt"), 40), ends_at=_clip(item.get("endsAt"), 40),
+                    updated_at=now(),
                 ))
             db.commit()
         return len(alerts)
+
+
+def _clip(value: Any, length: int) -> str | None:
+    """A webhook's value cut to its column's length (PostgreSQL refuses longer strings; SQLite never checked)."""
+    return None if value is None else str(value)[:length]
 
 
 def alert_dict(a: Alert) -> dict[str, Any]:

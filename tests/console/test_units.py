@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import os
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -138,6 +139,41 @@ def test_config_file_errors_name_the_place(tmp_path: Path) -> None:
         configmod.load(path)
     path.write_text("actions:\n  deploy: {playbook: x.yml, extra_vars_schema: {type: wrong}}\n")
     with pytest.raises(configmod.ConfigError, match="extra_vars_schema"):
+        configmod.load(path)
+
+
+def test_database_urls_sqlite_or_postgresql_through_psycopg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert configmod.database_url("postgres://ops@db:5433/console") == "postgresql+psycopg://ops@db:5433/console"
+    url = configmod.database_url("postgresql://ops@db/console", "p@ss:/word")
+    assert url == "postgresql+psycopg://ops:p%40ss%3A%2Fword@db/console"
+    assert configmod.shown_database(url) == "postgresql+psycopg://ops:***@db/console"
+    for bad, message in (("mysql://ops@db/console", "mysql is not supported"),
+                         ("postgresql+psycopg2://ops@db/c", "postgresql.psycopg2 is not supported"),
+                         ("no url at all", "not a database URL")):
+        with pytest.raises(configmod.ConfigError, match=message):
+            configmod.database_url(bad)
+    with pytest.raises(configmod.ConfigError, match="SQLite database takes no password"):
+        configmod.database_url("sqlite:///x.db", "secret")
+
+    path = tmp_path / "c.yml"
+    (tmp_path / "pw").write_text("from-a-file\n")
+    path.write_text("database: postgresql://ops@db/console\ndatabase_password_file: pw\n")
+    cfg = configmod.load(path)
+    assert cfg.database == "postgresql+psycopg://ops:from-a-file@db/console"
+    assert "from-a-file" not in repr(cfg) and cfg.database_shown == "postgresql+psycopg://ops:***@db/console"
+    path.write_text("database: postgresql://ops@db/console\ndatabase_password_env: TEST_DB_PW\n")
+    with pytest.raises(configmod.ConfigError, match="TEST_DB_PW is not set"):
+        configmod.load(path)
+    monkeypatch.setenv("TEST_DB_PW", "from-the-environment")
+    cfg = configmod.load(path)
+    assert cfg.database.endswith(":from-the-environment@db/console")
+    configmod.scrub_environment(cfg)
+    assert "TEST_DB_PW" not in os.environ
+    path.write_text("database_password_env: A\ndatabase_password_file: pw\n")
+    with pytest.raises(configmod.ConfigError, match="give one of them"):
+        configmod.load(path)
+    path.write_text("environments:\n  " + "e" * 65 + ": {inventory: x}\n")
+    with pytest.raises(configmod.ConfigError, match="too long"):
         configmod.load(path)
 
 
