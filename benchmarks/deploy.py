@@ -9,7 +9,8 @@ Each of those runs once per --controller-nice value (default 0 and 10). In the l
 shares two cores with every host, the load balancer and the load generator; a real controller (a CI
 runner, the ops host) does not run on the app hosts. At nice 10 the controller yields the CPU to
 them, while the hosts' own work (the modules, docker, nginx's reload) keeps its priority, as on
-real hosts. Both rows are printed.
+real hosts. Both rows are printed, with the share of the time some task on this machine waited for a
+CPU (Linux's pressure stall information) before and during the deploy.
 
 Each deploy also reports where a host's time goes (the median over its hosts), from the start and end
 of every task on every host (benchmarks/callback_plugins/step_times.py): pulling the images, leaving
@@ -131,16 +132,32 @@ class BenchLab:
         playbook("playbooks/lab_destroy.yml", extra_vars=self.lab_vars(1))
 
 
+def cpu_waiting_s() -> float:
+    """Seconds in which some runnable task on this machine waited for a CPU, since boot (Linux PSI)."""
+    try:
+        some = Path("/proc/pressure/cpu").read_text().splitlines()[0]
+    except OSError:
+        return float("nan")
+    return int(some.rsplit("total=", 1)[1]) / 1e6
+
+
 def deploy_under_load(lab: BenchLab, release: str, serial: str, nice: int) -> dict[str, object]:
+    waited = cpu_waiting_s()
     with LoadGenerator("127.0.0.1", HTTP_PORT, rate=RATE) as before:
         time.sleep(10)
+    waited_before, waited = cpu_waiting_s() - waited, cpu_waiting_s()
     with LoadGenerator("127.0.0.1", HTTP_PORT, rate=RATE) as during:
         took, lines = lab.timed_deploy(release, serial, nice)
+    waited_during = cpu_waiting_s() - waited
     b, d = before.result, during.result
     hosts = host_steps(lines)
     return {"deploy_s": round(took, 1), "steady": {k: b.summary()[k] for k in ("requests", "failures", "p50_ms", "p99_ms")},
             "during": {k: d.summary()[k] for k in ("requests", "failures", "p50_ms", "p99_ms")},
             "p99_ratio": round(d.percentile(99) / b.percentile(99), 2) if b.latencies and d.latencies else None,
+            # The share of the time some task waited for one of this machine's CPUs: what the lab's
+            # shared cores do to the traffic, apart from what the deploy does to it.
+            "cpu_waiting_pct": {"steady": round(100 * waited_before / b.seconds, 1),
+                                "during": round(100 * waited_during / d.seconds, 1)},
             "host_steps_median_s": median_steps(hosts),
             "swap_beyond_service_start_max_s":
                 round(max(s["swap_beyond_service_start"] for s in hosts.values()), 2) if hosts else None}
