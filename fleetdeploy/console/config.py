@@ -243,18 +243,15 @@ def shown_database(url: str) -> str:
     return make_url(url).render_as_string(hide_password=True)
 
 
-def _database_password(raw: dict[str, Any], base: Path) -> str | None:
-    if "database_password_file" in raw and "database_password_env" in raw:
+def _database_password(path: Path | None, name: str | None) -> str | None:
+    if path is not None and name is not None:
         raise ConfigError("database_password_file and database_password_env: give one of them, not both")
-    if "database_password_file" in raw:
-        path = Path(os.path.expanduser(raw["database_password_file"]))
-        path = path if path.is_absolute() else (base / path).resolve()
+    if path is not None:
         try:
             return path.read_text().strip()
         except OSError as exc:
             raise ConfigError(f"database_password_file: {exc}") from exc
-    if "database_password_env" in raw:
-        name = raw["database_password_env"]
+    if name is not None:
         if name not in os.environ:
             raise ConfigError(f"database_password_env: the variable {name} is not set")
         return os.environ[name]
@@ -287,8 +284,9 @@ def load(path: Path | None, database: str | None = None, data_dir: Path | None =
 
     project_dir = resolve(raw["project_dir"], base) if "project_dir" in raw else REPO
     data = data_dir or (resolve(raw["data_dir"], base) if "data_dir" in raw else default_data_dir())
+    password_file = resolve(raw["database_password_file"], base) if "database_password_file" in raw else None
     db = database_url(database or raw.get("database") or f"sqlite:///{data / 'console.db'}",
-                      _database_password(raw, base))
+                      _database_password(password_file, raw.get("database_password_env")))
 
     if "environments" in raw:
         environments = {
