@@ -173,6 +173,21 @@ def job_processes(config: Path, job_id: int) -> list[int]:
     return marked(job_marker(_database_of(config), job_id))
 
 
+def process_cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""  # the process ended meanwhile
+
+
+def wait_for_long_task(config: Path, job_id: int, timeout: float = 60) -> None:
+    """Wait until the soak playbook's `sleep 90` runs among the job's processes."""
+    deadline = time.monotonic() + timeout
+    while not any(process_cmdline(p).startswith("sleep 90") for p in job_processes(config, job_id)):
+        assert time.monotonic() < deadline, f"job {job_id} never started its long task"
+        time.sleep(0.1)
+
+
 def server_env() -> dict[str, str]:
     env = dict(os.environ)
     env["TEST_CONSOLE_VAULT_PASSWORD"] = VAULT_PASSWORD

@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from conftest import Client, Server, cli, job_processes, start_server, write_config
+from conftest import Client, Server, cli, job_processes, start_server, wait_for_long_task, write_config
 from sqlalchemy import text
 
 from fleetdeploy.console.db import make_engine
@@ -96,9 +96,7 @@ def test_cancel_stops_the_whole_process_group(ci: Client) -> None:
         time.sleep(0.2)
     else:
         raise AssertionError("the long task never started")
-    while not any(_cmdline(p).startswith("sleep 90") for p in job_processes(ci.server.config, job_id)):
-        assert time.monotonic() < deadline, "no sleep to kill"
-        time.sleep(0.1)
+    wait_for_long_task(ci.server.config, job_id)
     # serve dropped the secret-bearing variables once read: the playbook's processes never see them.
     from conftest import SECRETS
 
@@ -119,13 +117,6 @@ def test_cancel_stops_the_whole_process_group(ci: Client) -> None:
     assert again.status_code == 409
 
 
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
-
-
 def test_a_console_restart_marks_running_jobs_interrupted(tmp_path: Path, registry: Any) -> None:
     config = write_config(tmp_path, registry.url, None)
     done = cli(config, "create-user", "ops", "--role", "deployer", "--password-stdin", stdin="ops-password-1234\n")
@@ -135,10 +126,7 @@ def test_a_console_restart_marks_running_jobs_interrupted(tmp_path: Path, regist
     try:
         api = httpx.Client(base_url=first.url, headers={"Authorization": f"Bearer {token}"}, timeout=30)
         job_id = api.post("/api/jobs", json={"environment": "fleet", "action": "soak"}).json()["id"]
-        deadline = time.monotonic() + 60
-        while not any("sleep 90" in _cmdline(p) for p in job_processes(config, job_id)):
-            assert time.monotonic() < deadline, "the job never started its task"
-            time.sleep(0.2)
+        wait_for_long_task(config, job_id)
     finally:
         first.stop(signal.SIGKILL)  # a crash: no shutdown code runs
     second = start_server(tmp_path, config)
@@ -152,10 +140,7 @@ def test_a_console_restart_marks_running_jobs_interrupted(tmp_path: Path, regist
         nxt = api.post("/api/jobs", json={"environment": "fleet", "action": "soak"})
         assert nxt.status_code == 201, nxt.text
         nxt_id = nxt.json()["id"]
-        deadline = time.monotonic() + 60
-        while not any("sleep 90" in _cmdline(p) for p in job_processes(config, nxt_id)):
-            assert time.monotonic() < deadline, "the job never started its task"
-            time.sleep(0.2)
+        wait_for_long_task(config, nxt_id)
     finally:
         second.stop()  # SIGTERM: a clean stop interrupts its jobs itself
     assert job_processes(config, nxt_id) == []

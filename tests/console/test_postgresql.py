@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import cli, job_processes, start_server, write_config
+from conftest import cli, job_processes, start_server, wait_for_long_task, write_config
 from sqlalchemy import text
 
 from fleetdeploy.console.config import database_url
@@ -84,13 +84,6 @@ def _environ(pid: int) -> bytes:
         return b""
 
 
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
-
-
 def test_the_console_runs_on_postgresql(postgres: str, registry: Any, tmp_path: Path) -> None:
     config = pg_config(tmp_path, registry.url, postgres)
     migrated = cli(config, "migrate")
@@ -139,10 +132,7 @@ def test_the_console_runs_on_postgresql(postgres: str, registry: Any, tmp_path: 
         soak = api.post("/api/jobs", json={"environment": "fleet", "action": "soak"}).json()["id"]
         refused = api.post("/api/jobs", json={"environment": "fleet", "action": "soak"})
         assert refused.status_code == 409 and f"job {soak}" in refused.json()["detail"]
-        deadline = time.monotonic() + 60
-        while not any("sleep 90" in _cmdline(p) for p in job_processes(config, soak)):
-            assert time.monotonic() < deadline, "the job never started its task"
-            time.sleep(0.2)
+        wait_for_long_task(config, soak)
         for pid in job_processes(config, soak):
             assert PASSWORD.encode() not in _environ(pid), f"the database password is in process {pid}'s environment"
     finally:
