@@ -22,19 +22,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-from helpers import VENV_BIN, run  # noqa: E402
+from helpers import HOST_RUN_ARGS as HOST, VENV_BIN, run  # noqa: E402
 
 MODULES = {"ping": {}, "command": {"cmd": "true"}, "file": {"path": "/tmp/bench", "state": "touch"},
            "apt": {"name": "ca-certificates"}}
-
-# The hosts' settings from the shared Molecule platform (.config/molecule/config.yml), fewer capabilities.
-HOST = ["--cgroupns", "host", "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw", "--tmpfs", "/run", "--tmpfs", "/run/lock",
-        "--tmpfs", "/tmp", "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",
-        "--cap-drop", "ALL", "--cap-add", "CHOWN", "--cap-add", "DAC_OVERRIDE", "--cap-add", "FOWNER",
-        "--cap-add", "SETUID", "--cap-add", "SETGID", "--cap-add", "SYS_ADMIN", "--cap-add", "KILL",
-        "--cap-add", "NET_ADMIN", "--cap-add", "SYS_CHROOT", "--cap-add", "SETPCAP", "--cap-add", "AUDIT_WRITE",
-        "-e", "container=docker"]
-
 
 def cpu_ns(container_id: str) -> int:
     for path in (f"/sys/fs/cgroup/cpuacct/docker/{container_id}/cpuacct.usage",

@@ -12,6 +12,17 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = REPO / ".venv" / "bin"
 
+# What `docker run` needs to boot one of the host images as the shared Molecule platform does
+# (.config/molecule/config.yml), with fewer capabilities: for throw-away hosts of tests and benchmarks.
+HOST_RUN_ARGS = [
+    "--cgroupns", "host", "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rw", "--tmpfs", "/run", "--tmpfs", "/run/lock",
+    "--tmpfs", "/tmp", "--security-opt", "seccomp=unconfined", "--security-opt", "apparmor=unconfined",
+    "--cap-drop", "ALL", "--cap-add", "CHOWN", "--cap-add", "DAC_OVERRIDE", "--cap-add", "FOWNER",
+    "--cap-add", "SETUID", "--cap-add", "SETGID", "--cap-add", "SYS_ADMIN", "--cap-add", "KILL",
+    "--cap-add", "NET_ADMIN", "--cap-add", "SYS_CHROOT", "--cap-add", "SETPCAP", "--cap-add", "AUDIT_WRITE",
+    "-e", "container=docker",
+]
+
 _RECAP = re.compile(
     r"^(?P<host>\S+)\s+:\s+ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+unreachable=(?P<unreachable>\d+)"
     r"\s+failed=(?P<failed>\d+)",

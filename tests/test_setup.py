@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+import time
 
 import docker
+import pytest
 
-from helpers import REPO
+from helpers import HOST_RUN_ARGS, REPO
 
 
 def test_venv_setup_is_a_no_op_when_pins_are_unchanged() -> None:
@@ -38,3 +41,26 @@ def test_host_images_carry_the_recipe_label_and_a_rerun_reuses_them() -> None:
     again = playbook("playbooks/lab_image.yml").check()
     assert again.changed() == 0, again.output[-3000:]
     assert {tag: client.images.get(tag).id for tag in ids} == ids
+
+
+@pytest.mark.parametrize("tag", ["fleetdeploy/host:debian12", "fleetdeploy/host:debian13"])
+def test_a_file_written_to_tmp_while_a_host_boots_outlives_the_boot(tag: str) -> None:
+    """Molecule reaches its hosts with `docker exec` from the first second, and modules unpack into /tmp:
+    the boot must not empty it (Debian 12's tmpfiles.d does, unless the image says otherwise)."""
+    name = f"fd-bootprobe-{tag.rsplit(':', 1)[1]}-{os.getpid()}"
+    subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)
+    subprocess.run(["docker", "run", "-d", "--name", name, *HOST_RUN_ARGS, tag, "/lib/systemd/systemd"],
+                   capture_output=True, check=True)
+    try:
+        subprocess.run(["docker", "exec", name, "touch", "/tmp/written-while-booting"], check=True)
+        # systemctl answers only once systemd's own socket is up, a moment after the start.
+        deadline = time.monotonic() + 120
+        while (state := subprocess.run(["docker", "exec", name, "systemctl", "is-system-running", "--wait"],
+                                       capture_output=True, text=True, check=False)).stdout.strip() not in (
+                "running", "degraded"):
+            assert time.monotonic() < deadline, state.stdout + state.stderr
+            time.sleep(0.5)
+        survived = subprocess.run(["docker", "exec", name, "test", "-e", "/tmp/written-while-booting"], check=False)
+        assert survived.returncode == 0, f"{tag}: the boot emptied /tmp"
+    finally:
+        subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)
