@@ -145,7 +145,8 @@ def deploy_under_load(lab: BenchLab, release: str, serial: str, nice: int) -> di
     waited = cpu_waiting_s()
     with LoadGenerator("127.0.0.1", HTTP_PORT, rate=RATE) as before:
         time.sleep(10)
-    waited_before, waited = cpu_waiting_s() - waited, cpu_waiting_s()
+    now = cpu_waiting_s()
+    waited_before, waited = now - waited, now
     with LoadGenerator("127.0.0.1", HTTP_PORT, rate=RATE) as during:
         took, lines = lab.timed_deploy(release, serial, nice)
     waited_during = cpu_waiting_s() - waited

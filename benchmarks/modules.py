@@ -22,7 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 
-from helpers import HOST_RUN_ARGS as HOST, VENV_BIN, run  # noqa: E402
+from helpers import VENV_BIN, run, start_host, wait_until_booted  # noqa: E402
 
 MODULES = {"ping": {}, "command": {"cmd": "true"}, "file": {"path": "/tmp/bench", "state": "touch"},
            "apt": {"name": "ca-certificates"}}
@@ -76,13 +76,9 @@ def main() -> None:
     results: dict[str, object] = {"runs_per_measurement": args.runs, "rounds": args.rounds, "hosts": {}}
     for distribution in args.images.split(","):
         name = f"fdbench-modules-{distribution}"
-        subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)
-        subprocess.run(["docker", "run", "-d", "--name", name, *HOST, f"fleetdeploy/host:{distribution}",
-                        "/lib/systemd/systemd"], capture_output=True, check=True)
+        start_host(name, f"fleetdeploy/host:{distribution}")
         try:
-            # systemd's own start-up must not count against the first module
-            subprocess.run(["docker", "exec", name, "systemctl", "is-system-running", "--wait"],
-                           capture_output=True, timeout=120, check=False)
+            wait_until_booted(name)  # systemd's own start-up must not count against the first module
             samples: dict[str, dict[str, list[float]]] = {"with_cache": {}, "without_cache": {}}
             for _ in range(args.rounds):
                 for mode in samples:

@@ -6,6 +6,7 @@ import json
 import os
 import re
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,24 @@ HOST_RUN_ARGS = [
     "--cap-add", "NET_ADMIN", "--cap-add", "SYS_CHROOT", "--cap-add", "SETPCAP", "--cap-add", "AUDIT_WRITE",
     "-e", "container=docker",
 ]
+
+
+def start_host(name: str, image: str) -> None:
+    """A throw-away host booting systemd from one of the host images (a leftover of that name goes first)."""
+    subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)
+    subprocess.run(["docker", "run", "-d", "--name", name, *HOST_RUN_ARGS, image, "/lib/systemd/systemd"],
+                   capture_output=True, check=True)
+
+
+def wait_until_booted(name: str, timeout: float = 120) -> None:
+    """Wait until systemd in container `name` reports the boot finished (running or degraded)."""
+    deadline = time.monotonic() + timeout
+    # systemctl answers only once systemd's own socket is up, a moment after the start.
+    while (state := subprocess.run(["docker", "exec", name, "systemctl", "is-system-running", "--wait"],
+                                   capture_output=True, text=True, check=False)).stdout.strip() not in (
+            "running", "degraded"):
+        assert time.monotonic() < deadline, f"{name} did not boot: {state.stdout}{state.stderr}"
+        time.sleep(0.5)
 
 _RECAP = re.compile(
     r"^(?P<host>\S+)\s+:\s+ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+unreachable=(?P<unreachable>\d+)"

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 
 import docker
 import pytest
 
-from helpers import HOST_RUN_ARGS, REPO
+from helpers import REPO, start_host, wait_until_booted
 
 
 def test_venv_setup_is_a_no_op_when_pins_are_unchanged() -> None:
@@ -48,18 +47,10 @@ def test_a_file_written_to_tmp_while_a_host_boots_outlives_the_boot(tag: str) ->
     """Molecule reaches its hosts with `docker exec` from the first second, and modules unpack into /tmp:
     the boot must not empty it (Debian 12's tmpfiles.d does, unless the image says otherwise)."""
     name = f"fd-bootprobe-{tag.rsplit(':', 1)[1]}-{os.getpid()}"
-    subprocess.run(["docker", "rm", "-f", name], capture_output=True, check=False)
-    subprocess.run(["docker", "run", "-d", "--name", name, *HOST_RUN_ARGS, tag, "/lib/systemd/systemd"],
-                   capture_output=True, check=True)
+    start_host(name, tag)
     try:
         subprocess.run(["docker", "exec", name, "touch", "/tmp/written-while-booting"], check=True)
-        # systemctl answers only once systemd's own socket is up, a moment after the start.
-        deadline = time.monotonic() + 120
-        while (state := subprocess.run(["docker", "exec", name, "systemctl", "is-system-running", "--wait"],
-                                       capture_output=True, text=True, check=False)).stdout.strip() not in (
-                "running", "degraded"):
-            assert time.monotonic() < deadline, state.stdout + state.stderr
-            time.sleep(0.5)
+        wait_until_booted(name)
         survived = subprocess.run(["docker", "exec", name, "test", "-e", "/tmp/written-while-booting"], check=False)
         assert survived.returncode == 0, f"{tag}: the boot emptied /tmp"
     finally:
