@@ -180,6 +180,13 @@ def process_cmdline(pid: int) -> str:
         return ""  # the process ended meanwhile
 
 
+def process_environ(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return b""  # the process ended meanwhile
+
+
 def wait_for_long_task(config: Path, job_id: int, timeout: float = 60) -> None:
     """Wait until the soak playbook's `sleep 90` runs among the job's processes."""
     deadline = time.monotonic() + timeout

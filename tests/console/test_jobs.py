@@ -10,7 +10,8 @@ from typing import Any
 
 import httpx
 
-from conftest import Client, Server, cli, job_processes, start_server, wait_for_long_task, write_config
+from conftest import (Client, Server, cli, job_processes, process_environ, start_server, wait_for_long_task,
+                      write_config)
 from sqlalchemy import text
 
 from fleetdeploy.console.db import make_engine
@@ -96,12 +97,12 @@ def test_cancel_stops_the_whole_process_group(ci: Client) -> None:
         time.sleep(0.2)
     else:
         raise AssertionError("the long task never started")
-    wait_for_long_task(ci.server.config, job_id)
+    wait_for_long_task(ci.server.config, job_id, timeout=deadline - time.monotonic())
     # serve dropped the secret-bearing variables once read: the playbook's processes never see them.
     from conftest import SECRETS
 
     for pid in job_processes(ci.server.config, job_id):
-        environ = Path(f"/proc/{pid}/environ").read_bytes()
+        environ = process_environ(pid)
         assert b"TEST_CONSOLE_" not in environ
         assert not any(v.encode() in environ for v in SECRETS.values())
     asked = time.monotonic()

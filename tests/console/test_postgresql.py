@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import cli, job_processes, start_server, wait_for_long_task, write_config
+from conftest import cli, job_processes, process_environ, start_server, wait_for_long_task, write_config
 from sqlalchemy import text
 
 from fleetdeploy.console.config import database_url
@@ -77,13 +77,6 @@ def pg_config(root: Path, registry_url: str, url: str) -> Path:
     return config
 
 
-def _environ(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/environ").read_bytes()
-    except OSError:
-        return b""
-
-
 def test_the_console_runs_on_postgresql(postgres: str, registry: Any, tmp_path: Path) -> None:
     config = pg_config(tmp_path, registry.url, postgres)
     migrated = cli(config, "migrate")
@@ -134,7 +127,7 @@ def test_the_console_runs_on_postgresql(postgres: str, registry: Any, tmp_path: 
         assert refused.status_code == 409 and f"job {soak}" in refused.json()["detail"]
         wait_for_long_task(config, soak)
         for pid in job_processes(config, soak):
-            assert PASSWORD.encode() not in _environ(pid), f"the database password is in process {pid}'s environment"
+            assert PASSWORD.encode() not in process_environ(pid), f"the database password is in process {pid}'s environment"
     finally:
         first.stop(signal.SIGKILL)  # a crash: the job is left "running" in the database
 
