@@ -20,7 +20,8 @@ import pytest
 
 from console_server import CONSOLE, Server, chromium_page, sign_in, start_server
 from fleetdeploy.loadgen import LoadGenerator, Result
-from helpers import REPO, Run, env, playbook
+from helpers import REPO, VENV_BIN, Run, env, playbook
+from helpers import run as run_command
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -220,6 +221,20 @@ def test_a_redeploy_of_the_same_release_changes_nothing(lab: Lab) -> None:
     }, run.output[-3000:]
 
 
+def test_nginx_refusing_a_new_upstream_gets_the_old_one_back_and_keeps_serving(lab: Lab) -> None:
+    upstream = "/etc/nginx/fleetdeploy/upstreams/demo.conf"
+    before = lab.exec("app1", "cat", upstream)
+    role = REPO / "roles" / "app_release"
+    refused = run_command([str(VENV_BIN / "ansible"), "app1", "-i", str(lab.inventory), "--become",
+                           "-M", str(role / "library"), "-m", "fleetdeploy_nginx_upstream",
+                           "-a", json.dumps({"path": upstream, "content": "upstream fd_demo { no_such_directive; }\n"})],
+                          ANSIBLE_MODULE_UTILS=str(role / "module_utils"))
+    assert refused.returncode != 0
+    assert "nginx -t refused the new" in refused.output and "no_such_directive" in refused.output, refused.output
+    assert lab.exec("app1", "cat", upstream) == before
+    assert lab.release_on("app1") == "v2"
+
+
 def test_an_unhealthy_release_fails_clearly_and_the_fleet_keeps_serving(lab: Lab) -> None:
     run, load = lab.under_load("deploy.yml", release="bad", deploy_health_timeout=10)
     assert run.returncode != 0
@@ -273,10 +288,18 @@ def test_the_deploy_lock_refuses_a_second_deploy_and_expires(lab: Lab) -> None:
 
 
 def test_rollback_returns_the_fleet_to_the_previous_release_without_a_gap(lab: Lab) -> None:
+    # As after a deploy killed in the middle of app1's swap: a container in the slot the rollback needs.
+    serving = lab.exec("app1", "docker", "ps", "--filter", "label=org.fleetdeploy.service=demo",
+                       "--format", "{{.Names}} {{.Image}}").split()
+    free_slot = "demo-b" if serving[0] == "demo-a" else "demo-a"
+    lab.exec("app1", "docker", "create", "--name", free_slot, "--label", "org.fleetdeploy.service=demo", serving[1])
     run, load = lab.under_load("rollback.yml")
     run.check()
     assert_no_failures(load)
     assert [lab.release_on(h) for h in lab.app_hosts()] == ["v1", "v1", "v1"]
+    containers = lab.exec("app1", "docker", "ps", "--all", "--filter", "label=org.fleetdeploy.service=demo",
+                          "--format", "{{.Names}} {{.Image}} {{.State}}").splitlines()
+    assert containers == [f"{free_slot} {serving[1].rsplit(':', 1)[0]}:v1 running"], containers
     audit = lab.exec("ops1", "tail", "-n", "1", "/var/log/fleetdeploy/audit.log")
     entry = json.loads(audit)
     assert entry["action"] == "rollback" and entry["result"] == "ok" and entry["user"] == "pytest"
