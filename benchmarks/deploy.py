@@ -5,12 +5,21 @@ For each fleet size (default 1, 2, 3 and 6 app hosts, grown in that order) and e
 runs, and report: requests, failures, p50/p99 before and during the deploy, the deploy's wall time
 and its time per host; then a no-op re-deploy's time and p99 ratio, also under load. All traffic goes to 127.0.0.1.
 
-Each of those runs once per --controller-nice value (default 0 and 10). In the lab the controller
-shares two cores with every host, the load balancer and the load generator; a real controller (a CI
-runner, the ops host) does not run on the app hosts. At nice 10 the controller yields the CPU to
-them, while the hosts' own work (the modules, docker, nginx's reload) keeps its priority, as on
-real hosts. Both rows are printed, with the share of the time some task on this machine waited for a
-CPU (Linux's pressure stall information) before and during the deploy.
+Each of those runs once per --controller value (default both). In the lab the controller shares two
+cores with every host, the load balancer and the load generator; a real controller (a CI runner, the
+ops host) does not run on the app hosts. `shared` runs ansible-playbook like any process. `idle` runs
+it, with every process it starts, in a cgroup whose cpu.idle is set (Linux 5.15+, root): it gets a
+CPU only when no task of the lab wants one, as if it ran on a machine of its own, while the hosts'
+own work (the modules, docker, nginx's reload) keeps its priority, as on real hosts. (`nice` cannot
+do this: Linux schedules each session as a group, and the load generator shares the benchmark's.)
+Both rows are printed, with the share of the time some task on this machine waited for a CPU (Linux's
+pressure stall information) before and during the deploy, and the CPU seconds the controller used.
+
+Latency is compared over a 30 s steady window before each deploy and the deploy itself. Every
+answered request is kept, so each row also counts the requests that took over twice the steady p99,
+and of those that a GET answered (it names its host), the share answered by a host while the deploy
+was not touching it (outside the span from that host's first task to its last): delay there comes
+from the shared machine, not from the host's swap.
 
 Each deploy also reports where a host's time goes (the median over its hosts), from the start and end
 of every task on every host (benchmarks/callback_plugins/step_times.py): pulling the images, leaving
@@ -21,7 +30,7 @@ whose target is 10 s at most.
 
 The lab is named fdbench (its own ports, inventory and fact cache), so yours is never touched; it is
 removed at the end unless --keep.
-Usage: .venv/bin/python benchmarks/deploy.py [--hosts 1,2,3,6] [--serial 1,50%] [--keep]
+Usage: .venv/bin/python benchmarks/deploy.py [--hosts 1,2,3,6] [--serial 1,50%] [--controller shared,idle] [--keep]
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import statistics
 import sys
@@ -40,12 +50,13 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO))
 
-from fleetdeploy.loadgen import LoadGenerator  # noqa: E402
+from fleetdeploy.loadgen import LoadGenerator, Sample  # noqa: E402
 from helpers import Run, playbook  # noqa: E402
 
 LAB = "fdbench"
 HTTP_PORT = 38080
 RATE = 60
+STEADY_S = 30
 RELEASES = ("v1", "v2")
 STEP_TIMES = REPO / "benchmarks" / "callback_plugins"
 
@@ -54,8 +65,7 @@ STEPS_BY_FILE = {"app_release/tasks/plan.yml": "plan", "app_release/tasks/pull.y
                  "lb_member/tasks/drain.yml": "lb_out", "lb_member/tasks/haproxy_drain.yml": "lb_out",
                  "lb_member/tasks/restore.yml": "lb_in", "lb_member/tasks/haproxy_restore.yml": "lb_in"}
 SWAP_STEPS = {"Start the new release": "start", "Wait until the new container answers": "health",
-              "Point nginx at the new": "switch", "Test the nginx configuration": "switch",
-              "Reload nginx gracefully": "switch", "Let the old container finish": "drain",
+              "Point nginx at the new": "switch", "Let the old container finish": "drain",
               "Stop the old container": "stop"}
 
 
@@ -105,22 +115,25 @@ class BenchLab:
                 "lab_alertmanager_port": 39093, "lab_registry_port": 35443,
                 "lab_state_dir": str(self.root / "state"), "lab_inventory_file": str(self.inventory / "hosts.yml")}
 
-    def play(self, path: str, *args: str, env: dict[str, str] | None = None, nice: int = 0,
+    def play(self, path: str, *args: str, env: dict[str, str] | None = None, cgroup: Path | None = None,
              **extra_vars: object) -> Run:
-        return playbook(path, "-i", str(self.inventory), *args, extra_vars=extra_vars or None, nice=nice,
+        # Each controller placement keeps its own SSH master connections, which persist between runs.
+        control = self.root / ("cp-idle" if cgroup else "cp")
+        return playbook(path, "-i", str(self.inventory), *args, extra_vars=extra_vars or None, cgroup=cgroup,
                         FLEETDEPLOY_ACTOR="benchmark", ANSIBLE_CACHE_PLUGIN_CONNECTION=str(self.root / "facts"),
-                        **(env or {}))
+                        ANSIBLE_SSH_CONTROL_PATH_DIR=str(control), **(env or {}))
 
-    def timed_deploy(self, release: str, serial: str, nice: int) -> tuple[float, list[dict]]:
-        """A deploy with the step_times callback on; its wall time and the app hosts' task times."""
+    def timed_deploy(self, release: str, serial: str, cgroup: Path | None) -> tuple[float, float, list[dict]]:
+        """A deploy with the step_times callback on; its wall time, the controller's CPU seconds and the
+        app hosts' task times."""
         log = self.root / f"steps-{time.time_ns()}.jsonl"
-        started = time.monotonic()
-        self.play("deploy.yml", release=release, deploy_serial=serial, nice=nice,
+        started, cpu = time.monotonic(), children_cpu_s()
+        self.play("deploy.yml", release=release, deploy_serial=serial, cgroup=cgroup,
                   env={"ANSIBLE_CALLBACK_PLUGINS": str(STEP_TIMES), "FLEETDEPLOY_STEP_LOG": str(log),
                        "ANSIBLE_CALLBACKS_ENABLED": "ansible.posix.profile_tasks,step_times"}).check()
-        took = time.monotonic() - started
+        took, cpu = time.monotonic() - started, children_cpu_s() - cpu
         lines = [json.loads(text) for text in log.read_text().splitlines()]
-        return took, [line for line in lines if line["host"].startswith("app")]
+        return took, cpu, [line for line in lines if line["host"].startswith("app")]
 
     def grow(self, app_hosts: int) -> float:
         started = time.monotonic()
@@ -132,6 +145,44 @@ class BenchLab:
         playbook("playbooks/lab_destroy.yml", extra_vars=self.lab_vars(1))
 
 
+def children_cpu_s() -> float:
+    """CPU seconds used by this process's finished children and everything they waited for: the
+    controller (ansible-playbook, its forks, its SSH clients)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def idle_cgroup() -> Path:
+    """A cgroup whose tasks get a CPU only when no other task on the machine wants it (cpu.idle)."""
+    unified = Path("/sys/fs/cgroup/cgroup.controllers").exists()
+    base = Path("/sys/fs/cgroup") if unified else Path("/sys/fs/cgroup/cpu")
+    group = base / f"{LAB}-controller"
+    try:
+        if unified and "cpu" not in (base / "cgroup.subtree_control").read_text().split():
+            (base / "cgroup.subtree_control").write_text("+cpu")
+        group.mkdir(exist_ok=True)
+        (group / "cpu.idle").write_text("1")
+    except OSError as error:
+        raise SystemExit(f"--controller idle needs root and a kernel with cgroup cpu.idle (Linux 5.15+): {error}") from None
+    return group
+
+
+def slow_requests(samples: list[Sample], threshold_s: float, lines: list[dict]) -> dict[str, object]:
+    """The requests over the threshold; of those a host answered, the share it answered while the deploy
+    was not touching it (outside the span from its first task to its last)."""
+    spans: dict[str, tuple[float, float]] = {}
+    for line in lines:
+        first, last = spans.get(line["host"], (line["start"], line["end"]))
+        spans[line["host"]] = (min(first, line["start"]), max(last, line["end"]))
+    slow = [sample for sample in samples if sample.latency > threshold_s]
+    named = [sample for sample in slow if sample.host]
+    away = [sample for sample in named
+            if not spans.get(sample.host, (1.0, 0.0))[0] <= sample.at <= spans.get(sample.host, (1.0, 0.0))[1]]
+    return {"threshold_ms": round(threshold_s * 1000, 2), "count": len(slow),
+            "share_pct": round(100 * len(slow) / len(samples), 1) if samples else None,
+            "answered_by_a_host_outside_its_deploy_pct": round(100 * len(away) / len(named), 1) if named else None}
+
+
 def cpu_waiting_s() -> float:
     """Seconds in which some runnable task on this machine waited for a CPU, since boot (Linux PSI)."""
     try:
@@ -141,24 +192,26 @@ def cpu_waiting_s() -> float:
     return int(some.rsplit("total=", 1)[1]) / 1e6
 
 
-def deploy_under_load(lab: BenchLab, release: str, serial: str, nice: int) -> dict[str, object]:
+def deploy_under_load(lab: BenchLab, release: str, serial: str, cgroup: Path | None) -> dict[str, object]:
     waited = cpu_waiting_s()
     with LoadGenerator("127.0.0.1", HTTP_PORT, rate=RATE) as before:
-        time.sleep(10)
+        time.sleep(STEADY_S)
     now = cpu_waiting_s()
     waited_before, waited = now - waited, now
-    with LoadGenerator("127.0.0.1", HTTP_PORT, rate=RATE) as during:
-        took, lines = lab.timed_deploy(release, serial, nice)
+    with LoadGenerator("127.0.0.1", HTTP_PORT, rate=RATE, keep_samples=True) as during:
+        took, controller_cpu, lines = lab.timed_deploy(release, serial, cgroup)
     waited_during = cpu_waiting_s() - waited
     b, d = before.result, during.result
     hosts = host_steps(lines)
     return {"deploy_s": round(took, 1), "steady": {k: b.summary()[k] for k in ("requests", "failures", "p50_ms", "p99_ms")},
             "during": {k: d.summary()[k] for k in ("requests", "failures", "p50_ms", "p99_ms")},
             "p99_ratio": round(d.percentile(99) / b.percentile(99), 2) if b.latencies and d.latencies else None,
+            "slow_requests": slow_requests(d.samples, 2 * b.percentile(99), lines),
             # The share of the time some task waited for one of this machine's CPUs: what the lab's
             # shared cores do to the traffic, apart from what the deploy does to it.
             "cpu_waiting_pct": {"steady": round(100 * waited_before / b.seconds, 1),
                                 "during": round(100 * waited_during / d.seconds, 1)},
+            "controller_cpu_s": round(controller_cpu, 1),
             "host_steps_median_s": median_steps(hosts),
             "swap_beyond_service_start_max_s":
                 round(max(s["swap_beyond_service_start"] for s in hosts.values()), 2) if hosts else None}
@@ -168,15 +221,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hosts", default="1,2,3,6")
     parser.add_argument("--serial", default="1,50%")
-    parser.add_argument("--controller-nice", default="0,10",
-                        help="nice values to run ansible-playbook at, each a row of its own: the lab's hosts, the "
-                             "load balancer and the load generator share this machine's cores with the controller, "
-                             "which a real fleet does not")
+    parser.add_argument("--controller", default="shared,idle",
+                        help="where ansible-playbook runs, each a row of its own: shared (like any process) or idle "
+                             "(a cgroup with cpu.idle: only on CPU time the lab leaves, as on a machine of its own)")
     parser.add_argument("--keep", action="store_true", help="leave the fdbench lab running")
     args = parser.parse_args()
     sizes = sorted(int(n) for n in args.hosts.split(","))
     serials = args.serial.split(",")
-    nices = [int(n) for n in args.controller_nice.split(",")]
+    placements = args.controller.split(",")
+    if not placements or set(placements) - {"shared", "idle"}:
+        parser.error(f"--controller takes shared, idle or both, not {args.controller!r}")
+    cgroups = {placement: idle_cgroup() if placement == "idle" else None for placement in placements}
 
     lab = BenchLab(Path(tempfile.mkdtemp(prefix="fdbench-")))
     figures: dict[str, object] = {"rate_per_s": RATE, "fleets": []}
@@ -191,24 +246,30 @@ def main() -> None:
                 lab.play("deploy.yml", release=RELEASES[0]).check()
                 current = RELEASES[0]
             fleet["noop_redeploys"] = []
-            for nice in nices:
+            for placement, cgroup in cgroups.items():
                 for serial in serials:
                     target = RELEASES[1] if current == RELEASES[0] else RELEASES[0]
-                    entry = {"serial": serial, "controller_nice": nice, **deploy_under_load(lab, target, serial, nice)}
+                    entry = {"serial": serial, "controller": placement, **deploy_under_load(lab, target, serial, cgroup)}
                     entry["per_host_s"] = round(entry["deploy_s"] / size, 1)  # type: ignore[operator]
                     current = target
                     fleet["deploys"].append(entry)  # type: ignore[union-attr]
                 # The same release again changes nothing: its latency figures show what the run's own CPU
                 # use (ansible, the health checks) does to the traffic on this shared machine, without a swap.
-                noop = deploy_under_load(lab, current, "1", nice)
+                noop = deploy_under_load(lab, current, "1", cgroup)
                 fleet["noop_redeploys"].append(  # type: ignore[union-attr]
-                    {"controller_nice": nice, "deploy_s": noop["deploy_s"], "p99_ratio": noop["p99_ratio"]})
+                    {"controller": placement, "deploy_s": noop["deploy_s"], "p99_ratio": noop["p99_ratio"],
+                     "slow_requests": noop["slow_requests"], "controller_cpu_s": noop["controller_cpu_s"]})
             figures["fleets"].append(fleet)  # type: ignore[union-attr]
             print(json.dumps(fleet), file=sys.stderr, flush=True)
     finally:
         if not args.keep:
             lab.destroy()
             shutil.rmtree(lab.root, ignore_errors=True)
+        for cgroup in filter(None, cgroups.values()):
+            try:
+                cgroup.rmdir()
+            except OSError:
+                pass  # SSH master connections still in it: they leave within a minute, and a next run reuses it
     print(json.dumps(figures, indent=2))
 
 

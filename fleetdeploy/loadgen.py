@@ -12,6 +12,16 @@ import statistics
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
+
+
+class Sample(NamedTuple):
+    """One answered request: when it was sent (time.time()), how long it took, and the host that answered
+    a GET / ("" for a POST, whose answer is the body it was sent)."""
+
+    at: float
+    latency: float
+    host: str
 
 
 @dataclass
@@ -23,6 +33,7 @@ class Result:
     latencies: list[float] = field(default_factory=list)
     releases: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
+    samples: list[Sample] = field(default_factory=list)  # only with LoadGenerator(keep_samples=True)
 
     @property
     def rate(self) -> float:
@@ -51,10 +62,11 @@ class LoadGenerator:
     """Paced GET / and POST /echo over `connections` keep-alive connections to host:port."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 8080, rate: float = 60.0, connections: int = 4,
-                 max_seconds: float = 900.0) -> None:
+                 max_seconds: float = 900.0, keep_samples: bool = False) -> None:
         if host not in ("127.0.0.1", "localhost", "::1"):
             raise ValueError("the load generator only sends traffic to this machine's loopback address")
         self.host, self.port, self.rate, self.connections, self.max_seconds = host, port, rate, connections, max_seconds
+        self.keep_samples = keep_samples
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
@@ -81,13 +93,16 @@ class LoadGenerator:
     def __exit__(self, *_exc: object) -> None:
         self.stop()
 
-    def _record(self, latency: float | None, failure: str | None, release: str | None) -> None:
+    def _record(self, latency: float | None, failure: str | None, release: str | None,
+                sent_at: float = 0.0, host: str = "") -> None:
         with self._lock:
             self.result.requests += 1
             if failure is not None:
                 self.result.failures.append(failure)
             if latency is not None:
                 self.result.latencies.append(latency)
+                if self.keep_samples:
+                    self.result.samples.append(Sample(sent_at, latency, host))
             if release:
                 self.result.releases[release] = self.result.releases.get(release, 0) + 1
 
@@ -107,7 +122,7 @@ class LoadGenerator:
             sequence += 1
             post = sequence % 4 == 0
             body = json.dumps({"worker": index, "n": sequence}).encode() if post else None
-            started = time.monotonic()
+            started, sent_at = time.monotonic(), time.time()
             try:
                 if conn is None:
                     conn = http.client.HTTPConnection(self.host, self.port, timeout=10)
@@ -122,12 +137,13 @@ class LoadGenerator:
                     conn.close()
                     conn = None
                 if not 200 <= response.status < 300:
-                    self._record(latency, f"{'POST /echo' if post else 'GET /'}: HTTP {response.status} {payload[:120]!r}", None)
+                    self._record(latency, f"{'POST /echo' if post else 'GET /'}: HTTP {response.status} {payload[:120]!r}",
+                                 None, sent_at)
                 elif post and payload != body:
-                    self._record(latency, f"POST /echo: body changed: {payload[:120]!r}", None)
+                    self._record(latency, f"POST /echo: body changed: {payload[:120]!r}", None, sent_at)
                 else:
-                    release = None if post else json.loads(payload).get("release")
-                    self._record(latency, None, release)
+                    answer = {} if post else json.loads(payload)
+                    self._record(latency, None, answer.get("release"), sent_at, answer.get("host") or "")
             except (OSError, http.client.HTTPException, ValueError) as error:
                 self._record(None, f"{'POST' if post else 'GET'}: {type(error).__name__}: {error}", None)
                 if conn is not None:

@@ -97,10 +97,13 @@ def run(args: list[str], cwd: Path = REPO, timeout: int = 1800, **extra_env: str
     return Run(args=args, returncode=proc.returncode, output=proc.stdout)
 
 
-def playbook(path: str, *args: str, extra_vars: dict[str, object] | None = None, nice: int = 0,
+def playbook(path: str, *args: str, extra_vars: dict[str, object] | None = None, cgroup: Path | None = None,
              **extra_env: str) -> Run:
-    """ansible-playbook with the Makefile's environment; `nice` lowers the controller's CPU priority."""
-    cmd = ["nice", "-n", str(nice)] * bool(nice) + [str(VENV_BIN / "ansible-playbook"), path, *args]
+    """ansible-playbook with the Makefile's environment; with `cgroup` (a cgroup's folder) it runs in that
+    cgroup, with every process it starts."""
+    cmd = [str(VENV_BIN / "ansible-playbook"), path, *args]
+    if cgroup is not None:
+        cmd = ["sh", "-c", f'echo $$ > {cgroup}/cgroup.procs && exec "$@"', "sh", *cmd]
     if extra_vars:
         cmd += ["-e", json.dumps(extra_vars)]
     return run(cmd, **extra_env)
