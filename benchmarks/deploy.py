@@ -176,8 +176,9 @@ def slow_requests(samples: list[Sample], threshold_s: float, lines: list[dict]) 
         spans[line["host"]] = (min(first, line["start"]), max(last, line["end"]))
     slow = [sample for sample in samples if sample.latency > threshold_s]
     named = [sample for sample in slow if sample.host]
+    untouched = (float("inf"), float("-inf"))  # a host the deploy never touched: no time is inside
     away = [sample for sample in named
-            if not spans.get(sample.host, (1.0, 0.0))[0] <= sample.at <= spans.get(sample.host, (1.0, 0.0))[1]]
+            if not (span := spans.get(sample.host, untouched))[0] <= sample.at <= span[1]]
     return {"threshold_ms": round(threshold_s * 1000, 2), "count": len(slow),
             "share_pct": round(100 * len(slow) / len(samples), 1) if samples else None,
             "answered_by_a_host_outside_its_deploy_pct": round(100 * len(away) / len(named), 1) if named else None}

@@ -81,6 +81,7 @@ fleetdeploy_release_timestamp_seconds{{service="{service}",version="{release}"}}
 
 
 def next_record(found: dict, release: str, action: str, result: str, user: str, at: str, keep: int) -> dict:
+    """`found` is the record read (at least its service's name); a first deploy finds no releases yet."""
     old = {"current": "", "previous": "", "history": [], **found}
     moved = result == "ok" and old["current"] != release
     if not moved:
@@ -92,7 +93,7 @@ def next_record(found: dict, release: str, action: str, result: str, user: str, 
                  if entry.get("result") == "ok" and entry.get("release") not in (release, old["current"])]
         previous = older[0] if older else old["previous"]
     entry = {"release": release, "action": action, "result": result, "user": user, "time": at}
-    return {"service": old.get("service", ""), "current": release if result == "ok" else old["current"],
+    return {"service": old["service"], "current": release if result == "ok" else old["current"],
             "previous": previous, "history": ([entry] + old["history"])[:keep]}
 
 
@@ -117,16 +118,15 @@ def main() -> None:
     except ValueError:
         module.fail_json(msg=f"time must be ISO 8601 in UTC, like 2026-11-26T17:00:00Z, not {p['time']!r}")
     path = os.path.join(p["record_dir"], f"{p['service']}.json")
-    old = {"service": p["service"], "current": "", "previous": "", "history": []}
+    found = {"service": p["service"]}
     try:
         with open(path, encoding="utf-8") as handle:
-            old = json.load(handle)
+            found.update(json.load(handle))
     except FileNotFoundError:
         pass
     except (OSError, ValueError) as error:
         module.fail_json(msg=f"cannot read the release record {path}: {error}")
-    old.setdefault("service", p["service"])
-    record = next_record(old, p["release"], p["action"], p["result"], p["user"], p["time"], p["history_length"])
+    record = next_record(found, p["release"], p["action"], p["result"], p["user"], p["time"], p["history_length"])
     if not module.check_mode:
         os.makedirs(p["record_dir"], mode=0o755, exist_ok=True)
         write_file(path, (json.dumps(record, indent=4, sort_keys=True) + "\n").encode(), 0o644)
