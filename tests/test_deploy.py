@@ -263,12 +263,12 @@ def test_a_failure_in_a_later_batch_rolls_the_swapped_hosts_back(lab: Lab) -> No
 
 
 def test_a_mistyped_release_fails_fast_and_changes_nothing(lab: Lab) -> None:
-    started = time.monotonic()
     run = lab.play("deploy.yml", release="v2-typo")
     assert run.returncode != 0
     assert "has no demo:v2-typo" in " ".join(run.output.split())
     assert set(run.recap()) == {"ops1"}, "no app host may be touched"
-    assert time.monotonic() - started < 120
+    # Fast by construction rather than by a clock: the registry's answer is final, so nothing waits and asks again.
+    assert "FAILED - RETRYING" not in run.output
     assert [lab.release_on(h) for h in lab.app_hosts()] == ["v2", "v2", "v2"]
 
 
