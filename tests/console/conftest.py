@@ -293,7 +293,7 @@ class Client:
 
     def wait(self, job_id: int, timeout: float = 120) -> dict[str, Any]:
         self.events(job_id, timeout=timeout)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 60
         while True:
             job = self.get(f"/api/jobs/{job_id}").json()
             if job["status"] not in ("queued", "running") or time.monotonic() > deadline:

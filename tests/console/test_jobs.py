@@ -156,7 +156,7 @@ def test_notifications_on_start_and_finish(webhook: tuple[str, list[dict[str, An
                                             finished: dict[str, dict[str, Any]]) -> None:
     _, received = webhook
     job_id = finished["fleet"]["id"]
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         mine = [m for m in received if m["fleetdeploy"]["id"] == job_id]
         if len(mine) >= 2:
