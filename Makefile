@@ -50,7 +50,7 @@ bench: setup image ## Timings of setup, image and lab, a module run's CPU on a h
 	python benchmarks/modules.py
 	python benchmarks/console.py
 
-bench-deploy: setup image ## Deploys under load on 1, 2, 3 and 6 app hosts, batch 1 and 50% (JSON; about an hour)
+bench-deploy: setup image ## Deploys under load on 1, 2, 3 and 6 app hosts, batch 1 and 50%, and an app host failing (JSON; about an hour)
 	python benchmarks/deploy.py
 
 bench-console-lab: setup ## The console driving the lab's real deploy against plain ansible-playbook (needs `make lab` and release v2)

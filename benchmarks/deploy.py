@@ -28,6 +28,14 @@ draining and stopping the old container, coming back; and the swap's time beyond
 start (from starting the new container to removing the old, less the start and the health wait),
 whose target is 10 s at most.
 
+On every fleet of two hosts or more, it then breaks one app host under the same load, three times:
+its nginx stopped (connections refused), the whole host frozen (`docker pause`: connections open,
+nothing answers), and the host unreachable (its answers to the load balancer dropped, as after a
+crash or a network partition: no connection opens). It reports how long HAProxy took to mark the host down (from HAProxy's own log)
+and, once the host is back, up again; the requests that failed or were slow meanwhile; and those
+answered only after the host came back, stuck on it. (The load generator sends each connection's
+next request when the last is answered, so a stuck request also holds one of its four connections.)
+
 The lab is named fdbench (its own ports, inventory and fact cache), so yours is never touched; it is
 removed at the end unless --keep.
 Usage: .venv/bin/python benchmarks/deploy.py [--hosts 1,2,3,6] [--serial 1,50%] [--controller shared,idle] [--keep]
@@ -38,9 +46,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -59,6 +69,16 @@ RATE = 60
 STEADY_S = 30
 RELEASES = ("v1", "v2")
 STEP_TIMES = REPO / "benchmarks" / "callback_plugins"
+FAILOVER_HOST = "app1"
+# How an app host fails, and how it comes back: commands run here, {host} the host's container and
+# {lb} the load balancer's address on the lab's network.
+FAILURES = {"nginx_stopped": (["docker", "exec", "{host}", "systemctl", "stop", "nginx"],
+                              ["docker", "exec", "{host}", "systemctl", "start", "nginx"]),
+            "host_frozen": (["docker", "pause", "{host}"], ["docker", "unpause", "{host}"]),
+            # As after a crash or a network partition: the host's answers to the load balancer vanish
+            # (a blackhole route to it), so no connection opens and nothing already open answers.
+            "host_unreachable": (["docker", "exec", "{host}", "ip", "route", "add", "blackhole", "{lb}"],
+                                 ["docker", "exec", "{host}", "ip", "route", "del", "blackhole", "{lb}"])}
 
 # A host's steps during a deploy: the task file they come from, and within the swap the task's name.
 STEPS_BY_FILE = {"app_release/tasks/plan.yml": "plan", "app_release/tasks/pull.yml": "pull",
@@ -141,6 +161,29 @@ class BenchLab:
         self.play("site.yml").check()
         return round(time.monotonic() - started, 1)
 
+    @staticmethod
+    def container(host: str) -> str:
+        return f"{LAB}-lab-{host}"
+
+    def address(self, host: str) -> str:
+        return subprocess.run(["docker", "inspect", "--format", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+                               self.container(host)], capture_output=True, text=True, check=True).stdout.strip()
+
+    def haproxy_marked(self, server: str, state: str, since: float, timeout: float = 120) -> float:
+        """When HAProxy on lb1 logged that `server` went DOWN or came UP, the first time at or after `since`."""
+        pattern = re.compile(rf"^(\d+\.\d+) .*Server \S+/{re.escape(server)} is {state}\b")
+        deadline = time.monotonic() + timeout
+        while True:
+            log = subprocess.run(["docker", "exec", self.container("lb1"), "journalctl", "--unit", "haproxy",
+                                  "--output", "short-unix", "--since", f"@{int(since)}", "--no-pager", "--quiet"],
+                                 capture_output=True, text=True, check=True).stdout
+            marked = [float(m[1]) for m in map(pattern.match, log.splitlines()) if m and float(m[1]) >= since]
+            if marked:
+                return marked[0]
+            if time.monotonic() > deadline:
+                raise SystemExit(f"HAProxy never logged {server} {state} within {timeout:.0f} s")
+            time.sleep(0.2)
+
     def destroy(self) -> None:
         playbook("playbooks/lab_destroy.yml", extra_vars=self.lab_vars(1))
 
@@ -218,6 +261,39 @@ def deploy_under_load(lab: BenchLab, release: str, serial: str, cgroup: Path | N
                 round(max(s["swap_beyond_service_start"] for s in hosts.values()), 2) if hosts else None}
 
 
+def failover_under_load(lab: BenchLab, failure: str) -> dict[str, object]:
+    """Break FAILOVER_HOST under load, keep it broken until HAProxy marks it down and 5 s more, then
+    restore it and keep the load on until HAProxy marks it up and 5 s more."""
+    host, lb = lab.container(FAILOVER_HOST), lab.address("lb1")
+    breaking, restoring = ([arg.replace("{host}", host).replace("{lb}", lb) for arg in command]
+                           for command in FAILURES[failure])
+    with LoadGenerator("127.0.0.1", HTTP_PORT, rate=RATE) as before:
+        time.sleep(STEADY_S)
+    with LoadGenerator("127.0.0.1", HTTP_PORT, rate=RATE, keep_samples=True) as during:
+        time.sleep(2)
+        broken = time.time()
+        subprocess.run(breaking, check=True, capture_output=True)
+        down = lab.haproxy_marked(FAILOVER_HOST, "DOWN", broken)
+        time.sleep(max(0.0, down + 5 - time.time()))
+        restored = time.time()
+        subprocess.run(restoring, check=True, capture_output=True)
+        up = lab.haproxy_marked(FAILOVER_HOST, "UP", restored)
+        time.sleep(max(0.0, up + 5 - time.time()))
+    b, d = before.result, during.result
+    threshold = 2 * b.percentile(99)
+    return {"failure": failure, "host": FAILOVER_HOST,
+            "marked_down_after_s": round(down - broken, 2), "marked_up_after_s": round(up - restored, 2),
+            "steady": {k: b.summary()[k] for k in ("requests", "failures", "p50_ms", "p99_ms")},
+            "during": {k: d.summary()[k] for k in ("requests", "failures", "p50_ms", "p99_ms", "first_failures")},
+            "max_ms": round(max(d.latencies) * 1000, 1) if d.latencies else None,
+            # Sent between the break and HAProxy marking the host down: the requests it could still pick the host for.
+            "slow_while_undetected": sum(1 for s in d.samples if broken <= s.at <= down and s.latency > threshold),
+            "slow_threshold_ms": round(threshold * 1000, 2),
+            # Slow, sent before the restore and answered after it: stuck on the broken host until it came back.
+            "stuck_until_restored": sum(1 for s in d.samples
+                                        if s.at < restored <= s.at + s.latency and s.latency > threshold)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hosts", default="1,2,3,6")
@@ -260,6 +336,8 @@ def main() -> None:
                 fleet["noop_redeploys"].append(  # type: ignore[union-attr]
                     {"controller": placement, "deploy_s": noop["deploy_s"], "p99_ratio": noop["p99_ratio"],
                      "slow_requests": noop["slow_requests"], "controller_cpu_s": noop["controller_cpu_s"]})
+            if size > 1:
+                fleet["failover"] = [failover_under_load(lab, failure) for failure in FAILURES]
             figures["fleets"].append(fleet)  # type: ignore[union-attr]
             print(json.dumps(fleet), file=sys.stderr, flush=True)
     finally:
