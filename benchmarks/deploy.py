@@ -31,10 +31,11 @@ whose target is 10 s at most.
 On every fleet of two hosts or more, it then breaks one app host under the same load, three times:
 its nginx stopped (connections refused), the whole host frozen (`docker pause`: connections open,
 nothing answers), and the host unreachable (its answers to the load balancer dropped, as after a
-crash or a network partition: no connection opens). It reports how long HAProxy took to mark the host down (from HAProxy's own log)
-and, once the host is back, up again; the requests that failed or were slow meanwhile; and those
-answered only after the host came back, stuck on it. (The load generator sends each connection's
-next request when the last is answered, so a stuck request also holds one of its four connections.)
+crash or a network partition: no connection opens). It reports how long HAProxy took to mark the
+host down (from HAProxy's own log) and, once the host is back, up again; the requests that failed
+or were slow meanwhile; and those answered only after the host came back, stuck on it. (The load
+generator sends each connection's next request when the last is answered, so a stuck request also
+holds one of its four connections.) The host is restored whatever happens.
 
 The lab is named fdbench (its own ports, inventory and fact cache), so yours is never touched; it is
 removed at the end unless --keep.
@@ -166,8 +167,9 @@ class BenchLab:
         return f"{LAB}-lab-{host}"
 
     def address(self, host: str) -> str:
-        return subprocess.run(["docker", "inspect", "--format", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
-                               self.container(host)], capture_output=True, text=True, check=True).stdout.strip()
+        each_network = "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}"  # the lab's hosts have one
+        return subprocess.run(["docker", "inspect", "--format", each_network, self.container(host)],
+                              capture_output=True, text=True, check=True).stdout.strip()
 
     def haproxy_marked(self, server: str, state: str, since: float, timeout: float = 120) -> float:
         """When HAProxy on lb1 logged that `server` went DOWN or came UP, the first time at or after `since`."""
@@ -273,10 +275,12 @@ def failover_under_load(lab: BenchLab, failure: str) -> dict[str, object]:
         time.sleep(2)
         broken = time.time()
         subprocess.run(breaking, check=True, capture_output=True)
-        down = lab.haproxy_marked(FAILOVER_HOST, "DOWN", broken)
-        time.sleep(max(0.0, down + 5 - time.time()))
-        restored = time.time()
-        subprocess.run(restoring, check=True, capture_output=True)
+        try:
+            down = lab.haproxy_marked(FAILOVER_HOST, "DOWN", broken)
+            time.sleep(max(0.0, down + 5 - time.time()))
+        finally:
+            restored = time.time()
+            subprocess.run(restoring, check=True, capture_output=True)
         up = lab.haproxy_marked(FAILOVER_HOST, "UP", restored)
         time.sleep(max(0.0, up + 5 - time.time()))
     b, d = before.result, during.result
