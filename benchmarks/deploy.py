@@ -61,7 +61,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO))
 
-from fleetdeploy.loadgen import LoadGenerator, Sample  # noqa: E402
+from fleetdeploy.loadgen import LoadGenerator, Result, Sample  # noqa: E402
 from helpers import Run, playbook  # noqa: E402
 
 LAB = "fdbench"
@@ -229,6 +229,17 @@ def slow_requests(samples: list[Sample], threshold_s: float, lines: list[dict]) 
             "answered_by_a_host_outside_its_deploy_pct": round(100 * len(away) / len(named), 1) if named else None}
 
 
+def headline(result: Result, *more: str) -> dict[str, object]:
+    """What a row reports of the load generator's summary: requests, failures, p50 and p99, and `more`."""
+    summary = result.summary()
+    return {key: summary[key] for key in ("requests", "failures", "p50_ms", "p99_ms", *more)}
+
+
+def slow_threshold_s(steady: Result) -> float:
+    """A request is slow when it takes over twice the steady window's p99."""
+    return 2 * steady.percentile(99)
+
+
 def cpu_waiting_s() -> float:
     """Seconds in which some runnable task on this machine waited for a CPU, since boot (Linux PSI)."""
     try:
@@ -249,10 +260,9 @@ def deploy_under_load(lab: BenchLab, release: str, serial: str, cgroup: Path | N
     waited_during = cpu_waiting_s() - waited
     b, d = before.result, during.result
     hosts = host_steps(lines)
-    return {"deploy_s": round(took, 1), "steady": {k: b.summary()[k] for k in ("requests", "failures", "p50_ms", "p99_ms")},
-            "during": {k: d.summary()[k] for k in ("requests", "failures", "p50_ms", "p99_ms")},
+    return {"deploy_s": round(took, 1), "steady": headline(b), "during": headline(d),
             "p99_ratio": round(d.percentile(99) / b.percentile(99), 2) if b.latencies and d.latencies else None,
-            "slow_requests": slow_requests(d.samples, 2 * b.percentile(99), lines),
+            "slow_requests": slow_requests(d.samples, slow_threshold_s(b), lines),
             # The share of the time some task waited for one of this machine's CPUs: what the lab's
             # shared cores do to the traffic, apart from what the deploy does to it.
             "cpu_waiting_pct": {"steady": round(100 * waited_before / b.seconds, 1),
@@ -284,11 +294,10 @@ def failover_under_load(lab: BenchLab, failure: str) -> dict[str, object]:
         up = lab.haproxy_marked(FAILOVER_HOST, "UP", restored)
         time.sleep(max(0.0, up + 5 - time.time()))
     b, d = before.result, during.result
-    threshold = 2 * b.percentile(99)
+    threshold = slow_threshold_s(b)
     return {"failure": failure, "host": FAILOVER_HOST,
             "marked_down_after_s": round(down - broken, 2), "marked_up_after_s": round(up - restored, 2),
-            "steady": {k: b.summary()[k] for k in ("requests", "failures", "p50_ms", "p99_ms")},
-            "during": {k: d.summary()[k] for k in ("requests", "failures", "p50_ms", "p99_ms", "first_failures")},
+            "steady": headline(b), "during": headline(d, "first_failures"),
             "max_ms": round(max(d.latencies) * 1000, 1) if d.latencies else None,
             # Sent between the break and HAProxy marking the host down: the requests it could still pick the host for.
             "slow_while_undetected": sum(1 for s in d.samples if broken <= s.at <= down and s.latency > threshold),
