@@ -13,6 +13,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = REPO / ".venv" / "bin"
 
+# Two checkouts testing on one machine at once each set their own FD_TEST_SLOT (0-9): the test labs'
+# names, ports and the Molecule hosts' names move with it, so neither touches the other's containers.
+SLOT = int(os.environ.get("FD_TEST_SLOT", "0"))
+SLOT_SUFFIX = str(SLOT) if SLOT else ""
+
+
+def slot_port(port: int) -> int:
+    """A test lab's port, moved by 20 per slot (a lab publishes at most a few ports from each base)."""
+    return port + 20 * SLOT
+
 # What `docker run` needs to boot one of the host images as the shared Molecule platform does
 # (.config/molecule/config.yml), with fewer capabilities: for throw-away hosts of tests and benchmarks.
 HOST_RUN_ARGS = [

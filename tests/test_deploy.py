@@ -20,14 +20,14 @@ import pytest
 
 from console_server import CONSOLE, Server, chromium_page, sign_in, start_server
 from fleetdeploy.loadgen import LoadGenerator, Result
-from helpers import REPO, VENV_BIN, Run, env, playbook
+from helpers import REPO, SLOT_SUFFIX, VENV_BIN, Run, env, playbook, slot_port
 from helpers import run as run_command
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
-LAB = "fdci"
-HTTP_PORT = 28080
-REGISTRY_PORT = 25443
+LAB = f"fdci{SLOT_SUFFIX}"
+HTTP_PORT = slot_port(28080)
+REGISTRY_PORT = slot_port(25443)
 RATE = 60  # requests per second, over keep-alive connections, a quarter of them POSTs
 
 
@@ -45,9 +45,9 @@ class Lab:
             "lab_monitor_host": False,
             # This lab's deploys are the suite's longest chain: when the CPU is short, its hosts go first.
             "lab_cpu_shares": 4096,
-            "lab_ssh_port_base": 2400,
+            "lab_ssh_port_base": slot_port(2400),
             "lab_http_port": HTTP_PORT,
-            "lab_https_port": 28443,
+            "lab_https_port": slot_port(28443),
             "lab_registry_port": REGISTRY_PORT,
             "lab_state_dir": str(self.root / "state"),
             "lab_inventory_file": str(self.inventory / "hosts.yml"),

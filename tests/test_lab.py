@@ -11,11 +11,11 @@ from pathlib import Path
 import docker
 import pytest
 
-from helpers import REPO, playbook, run
+from helpers import REPO, SLOT_SUFFIX, playbook, run, slot_port
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
-LAB = "fdtest"
+LAB = f"fdtest{SLOT_SUFFIX}"
 LABEL = "org.fleetdeploy.lab"
 
 
@@ -23,12 +23,12 @@ def lab_vars(tmp: Path, app_hosts: int) -> dict[str, object]:
     return {
         "lab_name": LAB,
         "lab_app_hosts": app_hosts,
-        "lab_ssh_port_base": 2300,
-        "lab_http_port": 18080,
-        "lab_https_port": 18443,
-        "lab_prometheus_port": 19090,
-        "lab_alertmanager_port": 19093,
-        "lab_registry_port": 15443,
+        "lab_ssh_port_base": slot_port(2300),
+        "lab_http_port": slot_port(18080),
+        "lab_https_port": slot_port(18443),
+        "lab_prometheus_port": slot_port(19090),
+        "lab_alertmanager_port": slot_port(19093),
+        "lab_registry_port": slot_port(15443),
         "lab_state_dir": str(tmp / "state"),
         "lab_inventory_file": str(tmp / "hosts.yml"),
     }
@@ -83,13 +83,13 @@ def test_every_host_answers_ansible_over_ssh_with_host_keys_checked(lab: Path) -
 
 def test_the_known_hosts_the_lab_wrote_is_what_the_hosts_present(lab: Path) -> None:
     known = lab / "state" / "known_hosts"
-    answer = ssh(lab, 2311, known, "hostname")
+    answer = ssh(lab, slot_port(2311), known, "hostname")
     assert answer.returncode == 0, answer.stderr
     assert answer.stdout.strip() == "app1"
     # With no known host key, strict checking must refuse: the check is really on.
     empty = lab / "empty_known_hosts"
     empty.write_text("")
-    refused = ssh(lab, 2311, empty, "hostname")
+    refused = ssh(lab, slot_port(2311), empty, "hostname")
     assert refused.returncode != 0
     assert "Host key verification failed" in refused.stderr
 
@@ -108,8 +108,8 @@ def test_hosts_boot_systemd_and_app_hosts_keep_docker_data_on_a_volume(lab: Path
 def test_lb_ports_are_published_on_loopback_only(lab: Path, client: docker.DockerClient) -> None:
     lb = client.containers.get(lab_containers(client)["lb1"])
     ports = lb.attrs["HostConfig"]["PortBindings"]
-    assert ports["8080/tcp"] == [{"HostIp": "127.0.0.1", "HostPort": "18080"}]
-    assert ports["8443/tcp"] == [{"HostIp": "127.0.0.1", "HostPort": "18443"}]
+    assert ports["8080/tcp"] == [{"HostIp": "127.0.0.1", "HostPort": str(slot_port(18080))}]
+    assert ports["8443/tcp"] == [{"HostIp": "127.0.0.1", "HostPort": str(slot_port(18443))}]
 
 
 def test_rerunning_the_lab_changes_nothing(lab: Path) -> None:
@@ -126,7 +126,7 @@ def test_growing_the_fleet_adds_hosts_and_leaves_the_others_running(lab: Path, c
     assert set(after) == set(before) | {"app4"}
     assert {name: after[name] for name in before} == before
     assert {client.containers.get(c).attrs["HostConfig"]["CpuShares"] for c in after.values()} == {2048}
-    answer = ssh(lab, 2314, lab / "state" / "known_hosts", "hostname")
+    answer = ssh(lab, slot_port(2314), lab / "state" / "known_hosts", "hostname")
     assert answer.stdout.strip() == "app4", answer.stderr
 
 

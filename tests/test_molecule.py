@@ -10,7 +10,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from helpers import REPO, VENV_BIN, run
+from helpers import REPO, SLOT_SUFFIX, VENV_BIN, run
 
 pytestmark = [pytest.mark.molecule, pytest.mark.slow]
 
@@ -39,7 +39,7 @@ def run_scenario(project: Path, scenario: str) -> None:
             cwd=project,
             timeout=2400,
             # Host and network names of their own, so scenarios never collide with each other or a lab.
-            FD_MOLECULE_PREFIX=f"fd-{project.name}-{scenario}",
+            FD_MOLECULE_PREFIX=f"fd{SLOT_SUFFIX}-{project.name}-{scenario}",
         )
     finally:
         # The hosts' anonymous /var/lib/docker volumes outlive them; remove only those this run left
