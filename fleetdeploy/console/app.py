@@ -8,17 +8,20 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from swagger_ui_bundle import swagger_ui_path
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from fleetdeploy.console.config import Config
 from fleetdeploy.console.db import AuditEntry, JobEvent
@@ -29,11 +32,16 @@ from fleetdeploy.console.service import Console, ConsoleError
 log = logging.getLogger(__name__)
 HERE = Path(__file__).resolve().parent
 COOKIE = "fd_session"
-_PING_SECONDS = 15.0
+# A quiet event stream sends a ping this often; every stream checks this often that its reader is
+# still allowed (token not revoked, session not ended) and ends when not.
+_PING_SECONDS = 5.0
 
 
 class BodyLimit:
-    """Refuse request bodies over `limit` bytes with 413, whether or not Content-Length says so."""
+    """Refuse request bodies over `limit` bytes with 413, whether or not Content-Length says so.
+
+    The body is read here, before the application sees it, so a chunked body over the limit gets 413
+    too, not the 400 of a parser that failed half-way; `limit` bytes at most are held."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
@@ -47,25 +55,24 @@ class BodyLimit:
         if length is not None and length.isdigit() and int(length) > self.limit:
             await _too_large(self.limit, send)
             return
+        received: list[Message] = []
         seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise _TooLarge()
-            return message
+            received.append(message)
+            if message["type"] != "http.request":
+                break
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                await _too_large(self.limit, send)
+                return
+            if not message.get("more_body", False):
+                break
 
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await _too_large(self.limit, send)
+        async def replay() -> Message:
+            return received.pop(0) if received else await receive()
 
-
-class _TooLarge(Exception):
-    pass
+        await self.app(scope, replay, send)
 
 
 async def _too_large(limit: int, send: Send) -> None:
@@ -76,20 +83,24 @@ async def _too_large(limit: int, send: Send) -> None:
 
 
 def client_ip(request: Request) -> str:
-    return request.client.host if request.client else "-"
+    """The client's address: the connection's, or what a trusted proxy (security.trusted_proxies) says."""
+    return request.client.host[:64] if request.client else "-"
 
 
 def console_of(request: Request) -> Console:
     return request.app.state.console  # type: ignore[no-any-return]
 
 
+def credentials(request: Request) -> tuple[str | None, str | None]:
+    """The bearer token (CI) and the session cookie (browser) the request carries."""
+    auth = request.headers.get("authorization", "")
+    token = auth[7:].strip() if auth.lower().startswith("bearer ") else None
+    return token, request.cookies.get(COOKIE)
+
+
 def who_is_asking(request: Request) -> Principal | None:
     """A bearer token (CI) or the session cookie (browser); None when neither is valid."""
-    console = console_of(request)
-    auth = request.headers.get("authorization", "")
-    if auth.lower().startswith("bearer "):
-        return console.principal_from_token(auth[7:].strip())
-    return console.principal_from_cookie(request.cookies.get(COOKIE))
+    return console_of(request).principal_of(*credentials(request))
 
 
 def api_principal(request: Request) -> Principal:
@@ -200,12 +211,15 @@ async def job_events(job_id: int, request: Request, last_event_id: int | None = 
     console = console_of(request)
     job = await asyncio.to_thread(console.job, who, job_id)
     start = max(after, last_event_id or 0)
-    cookie = request.cookies.get(COOKIE)
+    token, cookie = credentials(request)
+    checked = time.monotonic()
 
-    async def still_signed_in() -> bool:
-        if who.via_token:
-            return True
-        return await asyncio.to_thread(console.principal_from_cookie, cookie) is not None
+    async def still_allowed() -> bool:
+        """The token not revoked, the session not ended, the job's environment still in scope."""
+        nonlocal checked
+        checked = time.monotonic()
+        now_who = await asyncio.to_thread(console.principal_of, token, cookie)
+        return now_who is not None and now_who.at_least("viewer") and now_who.sees(job["environment"])
 
     async def stream() -> AsyncIterator[str]:
         yield "retry: 2000\n\n"
@@ -225,12 +239,12 @@ async def job_events(job_id: int, request: Request, last_event_id: int | None = 
             if any(m["type"] == "end" for m in backlog):
                 return
             while True:
+                if time.monotonic() - checked >= _PING_SECONDS and not await still_allowed():
+                    yield _sse({"type": "error", "detail": "signed out, or no longer allowed to see this job"})
+                    return
                 try:
                     msg = await asyncio.wait_for(sub.queue.get(), _PING_SECONDS)
                 except TimeoutError:
-                    if not await still_signed_in():
-                        yield _sse({"type": "error", "detail": "signed out"})
-                        return
                     yield ": ping\n\n"
                     continue
                 if msg is None:
@@ -287,25 +301,14 @@ def audit(request: Request, actor: str | None = None, action: str | None = None,
 
 @api.post("/tokens", status_code=201, summary="Create an API token; the token is shown only in this answer")
 def create_token(body: TokenRequest, request: Request, who: Principal = Depends(admin)) -> dict[str, Any]:
-    console = console_of(request)
-    if body.role not in TOKEN_ROLES:
-        raise ConsoleError(422, f"role must be one of {', '.join(TOKEN_ROLES)}")
-    unknown = set(body.environments or []) - set(console.config.environments)
-    if unknown:
-        raise ConsoleError(422, f"unknown environment(s): {', '.join(sorted(unknown))}")
-    with console.sessions() as db:
-        row, token = console.create_token(db, body.name, body.role, body.environments, who.name)
-        console.audit(db, who.name, "token_create", body.name, ip=client_ip(request), role=body.role)
-        db.commit()
-        return {"id": row.id, "name": row.name, "role": row.role, "environments": row.environments, "token": token}
+    row, token = console_of(request).create_token(who, body.name, body.role, body.environments, client_ip(request))
+    return {"id": row.id, "name": row.name, "role": row.role, "environments": row.environments, "token": token}
 
 
 @api.delete("/tokens/{token_id}", summary="Revoke an API token")
 def revoke_token(token_id: int, request: Request, who: Principal = Depends(admin)) -> dict[str, Any]:
-    console = console_of(request)
-    with console.sessions() as db:
-        row = console.revoke_token(db, token_id, who.name, client_ip(request))
-        return {"id": row.id, "revoked": True}
+    row = console_of(request).revoke_token(who, token_id, client_ip(request))
+    return {"id": row.id, "revoked": True}
 
 
 def create_app(config: Config, console: Console | None = None) -> FastAPI:
@@ -324,7 +327,8 @@ def create_app(config: Config, console: Console | None = None) -> FastAPI:
         if stopped:
             log.warning("stopped jobs %s on shutdown: marked interrupted", stopped)
 
-    app = FastAPI(title="fleetdeploy console", version="1", lifespan=lifespan,
+    # /docs is served below from the console's own copy of Swagger UI, under its CSP; no CDN, no ReDoc.
+    app = FastAPI(title="fleetdeploy console", version="1", lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="Launch fleetdeploy's playbooks and watch them host by host. "
                               "Authenticate with `Authorization: Bearer <token>` "
                               "(see `fleetdeploy-console create-token`).")
@@ -345,8 +349,6 @@ def create_app(config: Config, console: Console | None = None) -> FastAPI:
             "Content-Security-Policy",
             "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
             "frame-ancestors 'none'; form-action 'self'; base-uri 'none'")
-        if request.url.path in ("/docs", "/redoc"):
-            del response.headers["Content-Security-Policy"]  # the API explorer loads its own scripts
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
         response.headers.setdefault("Referrer-Policy", "same-origin")
         response.headers.setdefault("X-Frame-Options", "DENY")
@@ -356,8 +358,25 @@ def create_app(config: Config, console: Console | None = None) -> FastAPI:
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> HTMLResponse:
+        return HTMLResponse(_DOCS_PAGE)
+
     app.include_router(api)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    app.mount("/docs/assets", StaticFiles(directory=Path(str(swagger_ui_path))), name="swagger-ui")
     app.add_middleware(BodyLimit, limit=config.max_body_bytes)
+    # Only the configured proxies (the role's nginx) may say who the client is and that it came over TLS.
+    app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=list(config.trusted_proxies))
     return app
+
+
+# Swagger UI from the swagger-ui-bundle package, started by static/docs.js: no inline script, no CDN.
+_DOCS_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>fleetdeploy console API</title>
+<link rel="stylesheet" href="/docs/assets/swagger-ui.css"></head>
+<body><div id="swagger-ui"></div>
+<script src="/docs/assets/swagger-ui-bundle.js"></script>
+<script src="/static/docs.js"></script></body></html>
+"""

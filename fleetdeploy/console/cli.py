@@ -9,11 +9,9 @@ import os
 import sys
 from pathlib import Path
 
-from sqlalchemy import select
-
 from fleetdeploy.console import config as configmod
-from fleetdeploy.console.db import User, make_engine, migrate, session_factory
-from fleetdeploy.console.security import ROLES, TOKEN_ROLES, hash_password
+from fleetdeploy.console.db import migrate
+from fleetdeploy.console.security import CLI_PRINCIPAL, MIN_PASSWORD, ROLES, TOKEN_ROLES
 
 
 def _load(args: argparse.Namespace) -> configmod.Config:
@@ -43,9 +41,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     migrate(cfg.database)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = create_app(cfg)
-    # proxy_headers: behind nginx with TLS, X-Forwarded-Proto makes session cookies Secure.
-    uvicorn.run(app, host=args.host, port=args.port, proxy_headers=True,
-                forwarded_allow_ips=args.forwarded_allow_ips, log_level=args.log_level, access_log=args.access_log)
+    # Forwarded headers are the app's business (security.trusted_proxies), not uvicorn's.
+    uvicorn.run(app, host=args.host, port=args.port, proxy_headers=False, log_level=args.log_level,
+                access_log=args.access_log)
     return 0
 
 
@@ -56,56 +54,43 @@ def _read_password(args: argparse.Namespace) -> str:
         password = getpass.getpass(f"Password for {args.name}: ")
         if getpass.getpass("Again: ") != password:
             sys.exit("fleetdeploy-console: the passwords differ")
-    if len(password) < 12:
-        sys.exit("fleetdeploy-console: a password needs at least 12 characters")
+    if len(password) < MIN_PASSWORD:
+        sys.exit(f"fleetdeploy-console: a password needs at least {MIN_PASSWORD} characters")
     return password
 
 
-def _environments(cfg: configmod.Config, text: str | None) -> list[str] | None:
-    if not text:
-        return None
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in cfg.environments]
-    if unknown:
-        sys.exit(f"fleetdeploy-console: unknown environment(s): {', '.join(unknown)}")
-    return names
+def _environments(text: str | None) -> list[str] | None:
+    names = [n.strip() for n in (text or "").split(",") if n.strip()]
+    return names or None
 
 
 def cmd_create_user(args: argparse.Namespace) -> int:
+    from fleetdeploy.console.service import Console, ConsoleError
+
     cfg = _load(args)
     migrate(cfg.database)
-    envs = _environments(cfg, args.environments)
+    envs = _environments(args.environments)
     password = _read_password(args)
-    sessions = session_factory(make_engine(cfg.database))
-    with sessions() as db:
-        user = db.scalar(select(User).where(User.name == args.name))
-        if user is not None and not args.update:
-            sys.exit(f"fleetdeploy-console: user {args.name} exists (use --update to change it)")
-        if user is None:
-            user = User(name=args.name, disabled=False)
-            db.add(user)
-        user.role, user.environments, user.password_hash = args.role, envs, hash_password(password)
-        from fleetdeploy.console.db import AuditEntry
-
-        db.add(AuditEntry(actor="cli", action="user_update" if args.update else "user_create", target=args.name,
-                          detail={"role": args.role, "environments": envs}))
-        db.commit()
-    print(f"user {args.name}: {args.role}{' on ' + ', '.join(envs) if envs else ' on every environment'}")
+    try:
+        # The same rules as the pages and the API, as an admin of every environment (see CLI_PRINCIPAL).
+        Console(cfg).save_user(CLI_PRINCIPAL, args.name, args.role, envs, password, update=args.update)
+    except ConsoleError as exc:
+        hint = " (use --update to change it)" if exc.status == 409 else ""
+        sys.exit(f"fleetdeploy-console: {exc.message}{hint}")
+    print(f"user {args.name}: {args.role}{' on ' + ', '.join(envs) if envs else ' on every environment'}"
+          f"{'; its sessions were ended' if args.update else ''}")
     return 0
 
 
 def cmd_create_token(args: argparse.Namespace) -> int:
-    from fleetdeploy.console.db import AuditEntry
-    from fleetdeploy.console.service import Console
+    from fleetdeploy.console.service import Console, ConsoleError
 
     cfg = _load(args)
     migrate(cfg.database)
-    envs = _environments(cfg, args.environments)
-    console = Console(cfg)
-    with console.sessions() as db:
-        _, token = console.create_token(db, args.name, args.role, envs, "cli")
-        db.add(AuditEntry(actor="cli", action="token_create", target=args.name, detail={"role": args.role}))
-        db.commit()
+    try:
+        _, token = Console(cfg).create_token(CLI_PRINCIPAL, args.name, args.role, _environments(args.environments))
+    except ConsoleError as exc:
+        sys.exit(f"fleetdeploy-console: {exc.message}")
     # The token alone on stdout, so scripts can capture it; it is not shown again.
     print(token)
     return 0
@@ -131,7 +116,6 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", parents=[common], help="run the web console (migrates first)")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=8765)
-    s.add_argument("--forwarded-allow-ips", default="127.0.0.1", help="proxies trusted for X-Forwarded-*")
     s.add_argument("--log-level", default="info")
     s.add_argument("--access-log", action=argparse.BooleanOptionalAction, default=True)
     s.set_defaults(func=cmd_serve)

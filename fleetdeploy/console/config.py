@@ -12,19 +12,56 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 
+# Docker's own rule for a tag: the release and every per-service override must match it.
+TAG_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
+# A service name in deploy_services (and so a key of deploy_release_overrides).
+SERVICE_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
+# Largest batch a deployer may ask for: the inventory's deploy_serial is the normal choice.
+MAX_SERIAL = 100
+_SERIAL_STEP: dict[str, Any] = {"oneOf": [
+    {"type": "integer", "minimum": 1, "maximum": MAX_SERIAL},
+    {"type": "string", "pattern": "^(100|[1-9][0-9]?)%$"},
+]}
+
+# What a deployer may choose for the built-in deploy and rollback, and nothing else: the registry,
+# the services (image, volumes, ports), auto-rollback, the actor and every other inventory setting
+# stay the inventory's. A closed schema (additionalProperties: false) is the whole point.
+ROLL_EXTRA_VARS_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        "release": {"type": "string", "pattern": TAG_PATTERN},
+        "deploy_release_overrides": {
+            "type": "object",
+            "maxProperties": 64,
+            "propertyNames": {"pattern": SERVICE_PATTERN},
+            "additionalProperties": {"type": "string", "pattern": TAG_PATTERN},
+        },
+        "deploy_serial": {"oneOf": [
+            *_SERIAL_STEP["oneOf"],
+            {"type": "array", "minItems": 1, "maxItems": 10, "items": _SERIAL_STEP},
+        ]},
+        "deploy_note": {"type": "string", "maxLength": 500},
+    },
+}
+
 # The three actions every fleetdeploy checkout has; the config file may override or add to them.
 DEFAULT_ACTIONS: dict[str, dict[str, Any]] = {
     "deploy": {
         "playbook": "deploy.yml",
         "description": "Roll a release across the fleet, batch by batch",
         "release": {"variable": "release", "repository": None},
+        "extra_vars_schema": ROLL_EXTRA_VARS_SCHEMA,
     },
     "rollback": {
         "playbook": "rollback.yml",
         "description": "Put the previous release back",
         "release": {"variable": "release", "repository": None, "required": False},
+        "extra_vars_schema": ROLL_EXTRA_VARS_SCHEMA,
     },
-    "provision": {"playbook": "site.yml", "description": "Converge every host to its roles"},
+    # An admin's action, but a scoped admin is still no owner of the inventory: no extra vars at all.
+    "provision": {"playbook": "site.yml", "description": "Converge every host to its roles",
+                  "extra_vars_schema": {"type": "object", "additionalProperties": False}},
 }
 
 
@@ -106,6 +143,9 @@ class Config:
     max_body_bytes: int = 64 * 1024
     login_attempts: int = 5
     login_window_seconds: int = 300
+    # Addresses (or CIDRs) whose X-Forwarded-For and X-Forwarded-Proto are believed: the console
+    # role's nginx on the same host. Any other client's forwarded headers are ignored.
+    trusted_proxies: tuple[str, ...] = ("127.0.0.1",)
 
     @property
     def runs_dir(self) -> Path:
@@ -201,6 +241,7 @@ _SCHEMA: dict[str, Any] = {
                 "max_body_bytes": {"type": "integer", "minimum": 1024},
                 "login_attempts": {"type": "integer", "minimum": 1},
                 "login_window_seconds": {"type": "integer", "minimum": 1},
+                "trusted_proxies": {"type": "array", "items": {"type": "string", "minLength": 1}},
             },
         },
     },
@@ -361,7 +402,19 @@ def load(path: Path | None, database: str | None = None, data_dir: Path | None =
         max_body_bytes=security.get("max_body_bytes", 64 * 1024),
         login_attempts=security.get("login_attempts", 5),
         login_window_seconds=security.get("login_window_seconds", 300),
+        trusted_proxies=_trusted_proxies(security.get("trusted_proxies", ["127.0.0.1"])),
     )
+
+
+def _trusted_proxies(values: list[str]) -> tuple[str, ...]:
+    import ipaddress
+
+    for value in values:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            raise ConfigError(f"security/trusted_proxies: {value!r} is not an IP address or network") from None
+    return tuple(values)
 
 
 def scrub_environment(config: Config) -> None:

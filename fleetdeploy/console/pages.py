@@ -7,16 +7,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlencode
 
-import yaml
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import select
 
 from fleetdeploy.console.app import COOKIE, client_ip, console_of, who_is_asking
-from fleetdeploy.console.db import ApiToken, AuditEntry, User, WebSession
-from fleetdeploy.console.security import ROLES, TOKEN_ROLES, Principal, hash_password, same
-from fleetdeploy.console.service import ConsoleError
+from fleetdeploy.console.db import ApiToken, AuditEntry, User
+from fleetdeploy.console.security import ROLES, TOKEN_ROLES, Principal, same
+from fleetdeploy.console.service import ConsoleError, parse_extra_vars
 
 templates = Jinja2Templates(directory=Path(__file__).resolve().parent / "templates")
 router = APIRouter(include_in_schema=False)
@@ -95,8 +94,8 @@ async def login(request: Request) -> Response:
 @router.post("/logout")
 async def logout(request: Request) -> Response:
     who = page_principal(request)
-    await checked_form(request, who)
-    console_of(request).sign_out(request.cookies.get(COOKIE, ""))
+    form = await checked_form(request, who)
+    console_of(request).sign_out(request.cookies.get(COOKIE, ""), everywhere=bool(form.get("everywhere")))
     resp = RedirectResponse("/login", status_code=303)
     resp.delete_cookie(COOKIE, path="/")
     return resp
@@ -141,10 +140,7 @@ async def launch(request: Request) -> Response:
     console = console_of(request)
     text = form.get("extra_vars", "").strip()
     try:
-        try:
-            extra = yaml.safe_load(text) if text else {}
-        except yaml.YAMLError as exc:
-            raise ConsoleError(422, f"extra vars are not valid YAML or JSON: {exc}") from exc
+        extra = parse_extra_vars(text)
         req = console.validate_launch(who, form.get("environment", ""), form.get("action", ""),
                                       form.get("release") or None, extra)
         job_id = console.launch(who, req, client_ip(request))
@@ -212,12 +208,8 @@ def _admin(request: Request) -> Principal:
     return who
 
 
-def _envs(console_envs: dict[str, Any], text: str) -> list[str] | None:
-    names = [e.strip() for e in text.replace(",", " ").split() if e.strip()]
-    unknown = [n for n in names if n not in console_envs]
-    if unknown:
-        raise ConsoleError(422, f"unknown environment(s): {', '.join(unknown)}")
-    return names or None
+def _envs(text: str) -> list[str] | None:
+    return [e.strip() for e in text.replace(",", " ").split() if e.strip()] or None
 
 
 @router.get("/admin/users")
@@ -232,19 +224,10 @@ def users_page(request: Request, error: str = "") -> Response:
 async def create_user(request: Request) -> Response:
     who = _admin(request)
     form = await checked_form(request, who)
-    console = console_of(request)
     try:
-        name, role, password = form.get("name", "").strip(), form.get("role", ""), form.get("password", "")
-        if not name or len(name) > 64 or role not in ROLES or len(password) < 12:
-            raise ConsoleError(422, "a user needs a name, a role and a password of at least 12 characters")
-        envs = _envs(console.config.environments, form.get("environments", ""))
-        with console.sessions() as db:
-            if db.scalar(select(User).where(User.name == name)):
-                raise ConsoleError(409, f"user {name} exists")
-            db.add(User(name=name, role=role, environments=envs, password_hash=hash_password(password),
-                        disabled=False))
-            console.audit(db, who.name, "user_create", name, ip=client_ip(request), role=role, environments=envs)
-            db.commit()
+        console_of(request).save_user(who, form.get("name", "").strip(), form.get("role", ""),
+                                      _envs(form.get("environments", "")), form.get("password", ""),
+                                      client_ip(request))
     except ConsoleError as exc:
         return RedirectResponse(f"/admin/users?{urlencode({'error': exc.message})}", status_code=303)
     return RedirectResponse("/admin/users", status_code=303)
@@ -254,19 +237,9 @@ async def create_user(request: Request) -> Response:
 async def change_user(request: Request, user_id: int, verb: str) -> Response:
     who = _admin(request)
     await checked_form(request, who)
-    console = console_of(request)
     if verb not in ("disable", "enable"):
         raise ConsoleError(404, "no such page")
-    with console.sessions() as db:
-        user = db.get(User, user_id)
-        if user is None:
-            raise ConsoleError(404, f"no user {user_id}")
-        user.disabled = verb == "disable"
-        if user.disabled:
-            for s in db.scalars(select(WebSession).where(WebSession.user_id == user.id)):
-                db.delete(s)
-        console.audit(db, who.name, f"user_{verb}", user.name, ip=client_ip(request))
-        db.commit()
+    console_of(request).set_user_disabled(who, user_id, verb == "disable", client_ip(request))
     return RedirectResponse("/admin/users", status_code=303)
 
 
@@ -283,18 +256,14 @@ async def create_token(request: Request) -> Response:
     who = _admin(request)
     form = await checked_form(request, who)
     console = console_of(request)
+    name = form.get("name", "").strip()
     try:
-        name, role = form.get("name", "").strip(), form.get("role", "")
-        if not name or len(name) > 64 or role not in TOKEN_ROLES:
-            raise ConsoleError(422, "a token needs a name and a role")
-        envs = _envs(console.config.environments, form.get("environments", ""))
-        with console.sessions() as db:
-            row, token = console.create_token(db, name, role, envs, who.name)
-            console.audit(db, who.name, "token_create", name, ip=client_ip(request), role=role)
-            db.commit()
-            tokens = db.scalars(select(ApiToken).order_by(ApiToken.id.desc())).all()
+        _, token = console.create_token(who, name, form.get("role", ""), _envs(form.get("environments", "")),
+                                        client_ip(request))
     except ConsoleError as exc:
         return RedirectResponse(f"/admin/tokens?{urlencode({'error': exc.message})}", status_code=303)
+    with console.sessions() as db:
+        tokens = db.scalars(select(ApiToken).order_by(ApiToken.id.desc())).all()
     # Shown once, in this answer only; never cached.
     resp = render(request, "tokens.html", who, tokens=tokens, roles=TOKEN_ROLES, error="", new_token=token,
                   new_name=name)
@@ -306,7 +275,5 @@ async def create_token(request: Request) -> Response:
 async def revoke_token(request: Request, token_id: int) -> Response:
     who = _admin(request)
     await checked_form(request, who)
-    console = console_of(request)
-    with console.sessions() as db:
-        console.revoke_token(db, token_id, who.name, client_ip(request))
+    console_of(request).revoke_token(who, token_id, client_ip(request))
     return RedirectResponse("/admin/tokens", status_code=303)

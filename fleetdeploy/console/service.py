@@ -4,33 +4,48 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import re
 import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import jsonschema
-from sqlalchemy import select
+import yaml
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from fleetdeploy.console.config import Action, Config, Environment
+from fleetdeploy.console.config import TAG_PATTERN, Action, Config, Environment
 from fleetdeploy.console.db import Alert, ApiToken, AuditEntry, Job, Release, User, WebSession, make_engine, now
 from fleetdeploy.console.jobs import JobManager, job_dict
 from fleetdeploy.console.notify import Notifier
 from fleetdeploy.console.registry import RegistryClient, RegistryError
 from fleetdeploy.console.security import (
+    ROLES,
+    TOKEN_ROLES,
+    MIN_PASSWORD,
     LoginLimiter,
     Principal,
+    hash_password,
+    login_keys,
     new_token,
     token_digest,
     verify_password,
 )
 
-# Docker's own rule for a tag.
-TAG = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+TAG = re.compile(TAG_PATTERN)
 _VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 # Jinja in an extra var is evaluated on the controller (lookup('pipe', ...)): never from a form.
 _TEMPLATE = re.compile(r"\{\{|\{%|\{#")
+# Who runs a job reaches the playbooks as FLEETDEPLOY_ACTOR (the signed-in principal); an extra var
+# of these names would override it (extra vars win over everything), whatever the action's schema.
+RESERVED_VARS = frozenset({"deploy_actor", "app_release_actor"})
+# Extra vars as JSON, at most: a job's extra vars are stored, served and handed to ansible-playbook
+# (one argument may hold 128 KiB on Linux); a real set of overrides is a few hundred bytes.
+EXTRA_VARS_MAX_BYTES = 32 * 1024
+# Job ids are 32-bit integers in the database (PostgreSQL's INTEGER).
+MAX_ID = 2**31 - 1
 
 
 class ConsoleError(Exception):
@@ -41,6 +56,65 @@ class ConsoleError(Exception):
         self.status = status
         self.message = message
         self.extra = extra
+
+
+class _ExtraVarsLoader(yaml.SafeLoader):
+    """YAML that can only mean JSON: no anchors or aliases (a 369-byte alias bomb expands to megabytes),
+    no dates (`2024-01-01` stays a string), no !!binary, !!set or other tags beyond JSON's types."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
+            raise ConsoleError(422, f"extra vars, line {event.start_mark.line + 1}: YAML anchors and aliases "
+                                    "(& and *) are not allowed; write each value out")
+        return super().compose_node(parent, index)
+
+
+_ExtraVarsLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def _refuse_tag(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+    raise ConsoleError(422, f"extra vars, line {node.start_mark.line + 1}: the YAML tag "
+                            f"{node.tag.replace('tag:yaml.org,2002:', '!!')} is not allowed; "
+                            "extra vars are strings, numbers, booleans, null, lists and mappings")
+
+
+for _tag in ("binary", "timestamp", "set", "omap", "pairs"):
+    _ExtraVarsLoader.add_constructor(f"tag:yaml.org,2002:{_tag}", _refuse_tag)
+_ExtraVarsLoader.add_constructor(None, _refuse_tag)
+
+
+def parse_extra_vars(text: str) -> Any:
+    """The launch form's extra vars (YAML or JSON) as JSON values; ConsoleError 4xx when they are not."""
+    if len(text.encode()) > EXTRA_VARS_MAX_BYTES:
+        raise ConsoleError(413, f"extra vars are over {EXTRA_VARS_MAX_BYTES} bytes")
+    try:
+        return yaml.load(text, Loader=_ExtraVarsLoader) if text.strip() else {}
+    except yaml.YAMLError as exc:
+        raise ConsoleError(422, f"extra vars are not valid YAML or JSON: {exc}") from exc
+
+
+def _json_size(extra_vars: dict[str, Any]) -> int:
+    """The extra vars' size as JSON; ConsoleError when they hold anything JSON cannot say."""
+    def check(value: Any, where: str) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    raise ConsoleError(422, f"extra vars{where}: the key {key!r} is not a string")
+                check(item, f"{where}/{key}")
+        elif isinstance(value, list):
+            for i, item in enumerate(value):
+                check(item, f"{where}/{i}")
+        elif isinstance(value, float) and not math.isfinite(value):
+            raise ConsoleError(422, f"extra vars{where}: {value} is not a number JSON can hold")
+        elif not isinstance(value, (str, int, float, bool)) and value is not None:
+            raise ConsoleError(422, f"extra vars{where}: a {type(value).__name__} is not a JSON value")
+
+    check(extra_vars, "")
+    return len(json.dumps(extra_vars, separators=(",", ":")).encode())
 
 
 @dataclass
@@ -71,7 +145,7 @@ class Console:
 
     def sign_in(self, name: str, password: str, ip: str) -> tuple[str, str]:
         """Check the password; return (cookie value, csrf token). Raises ConsoleError on refusal."""
-        keys = (f"ip:{ip}", f"user:{name.lower()}")
+        keys = login_keys(ip, name)
         wait = self.limiter.blocked(*keys)
         if wait:
             raise ConsoleError(429, f"too many failed sign-ins; try again in {int(wait) + 1} s",
@@ -92,12 +166,19 @@ class Console:
             db.commit()
             return cookie, csrf
 
-    def sign_out(self, cookie: str) -> None:
+    def sign_out(self, cookie: str, everywhere: bool = False) -> None:
+        """End this browser session, or with `everywhere` every session of its user."""
         with self.sessions() as db:
             session = db.get(WebSession, token_digest(cookie))
-            if session:
+            if session is None:
+                return
+            if everywhere:
+                db.execute(delete(WebSession).where(WebSession.user_id == session.user_id))
+                user = db.get(User, session.user_id)
+                self.audit(db, user.name if user else "-", "logout_everywhere")
+            else:
                 db.delete(session)
-                db.commit()
+            db.commit()
 
     def principal_from_cookie(self, cookie: str | None) -> Principal | None:
         if not cookie:
@@ -123,24 +204,94 @@ class Console:
             envs = tuple(row.environments) if row.environments is not None else None
             return Principal(f"token:{row.name}", row.role, envs, via_token=True)
 
-    def create_token(self, db: Session, name: str, role: str, environments: list[str] | None,
-                     created_by: str) -> tuple[ApiToken, str]:
-        token = new_token()
-        row = ApiToken(name=name, token_hash=token_digest(token), prefix=token[:10], role=role,
-                       environments=environments, created_by=created_by)
-        db.add(row)
-        db.flush()
-        return row, token
+    def principal_of(self, token: str | None, cookie: str | None) -> Principal | None:
+        """Who a bearer token, else a session cookie, belongs to now; None when neither is valid."""
+        if token is not None:
+            return self.principal_from_token(token)
+        return self.principal_from_cookie(cookie)
 
-    def revoke_token(self, db: Session, token_id: int, actor: str, ip: str | None) -> ApiToken:
-        """Revoke a token (again is a no-op) and audit it; the API and the admin page both come here."""
-        row = db.get(ApiToken, token_id)
-        if row is None:
-            raise ConsoleError(404, f"no token {token_id}")
-        row.revoked_at = row.revoked_at or now()
-        self.audit(db, actor, "token_revoke", row.name, ip=ip)
-        db.commit()
-        return row
+    # ----- users and tokens: the API, the pages and the CLI all come here -------------------------
+
+    def _environments(self, environments: Iterable[str] | None) -> list[str] | None:
+        if environments is None:
+            return None
+        names = list(dict.fromkeys(environments))
+        unknown = [n for n in names if n not in self.config.environments]
+        if unknown:
+            raise ConsoleError(422, f"unknown environment(s): {', '.join(unknown)}")
+        return names or None
+
+    @staticmethod
+    def _may_grant(who: Principal, role: str, environments: list[str] | None) -> None:
+        reason = who.why_not_grant(role, environments)
+        if reason:
+            raise ConsoleError(403, reason)
+
+    def save_user(self, who: Principal, name: str, role: str, environments: Iterable[str] | None,
+                  password: str, ip: str | None = None, update: bool = False) -> User:
+        """Create a user (or, with `update`, change its role, scope and password, which ends its sessions)."""
+        if not name or len(name) > 64 or name != name.strip() or role not in ROLES or len(password) < MIN_PASSWORD:
+            raise ConsoleError(422, f"a user needs a name, a role ({', '.join(ROLES)}) and a password of at least "
+                                    f"{MIN_PASSWORD} characters")
+        envs = self._environments(environments)
+        self._may_grant(who, role, envs)
+        with self.sessions() as db:
+            user = db.scalar(select(User).where(User.name == name))
+            if user is not None and not update:
+                raise ConsoleError(409, f"user {name} exists")
+            if user is None:
+                user = User(name=name, disabled=False)
+                db.add(user)
+            else:
+                # Changing a user is managing it: its present scope must be within ours too.
+                self._may_grant(who, user.role, user.environments)
+                db.execute(delete(WebSession).where(WebSession.user_id == user.id))
+            user.role, user.environments, user.password_hash = role, envs, hash_password(password)
+            self.audit(db, who.name, "user_update" if update else "user_create", name, ip=ip, role=role,
+                       environments=envs)
+            db.commit()
+            return user
+
+    def set_user_disabled(self, who: Principal, user_id: int, disabled: bool, ip: str | None = None) -> User:
+        with self.sessions() as db:
+            user = db.get(User, user_id) if 1 <= user_id <= MAX_ID else None
+            if user is None:
+                raise ConsoleError(404, f"no user {user_id}")
+            self._may_grant(who, user.role, user.environments)
+            user.disabled = disabled
+            if disabled:
+                db.execute(delete(WebSession).where(WebSession.user_id == user.id))
+            self.audit(db, who.name, "user_disable" if disabled else "user_enable", user.name, ip=ip)
+            db.commit()
+            return user
+
+    def create_token(self, who: Principal, name: str, role: str, environments: Iterable[str] | None,
+                     ip: str | None = None) -> tuple[ApiToken, str]:
+        """Create an API token; the token itself is returned here only."""
+        if not name or len(name) > 64 or role not in TOKEN_ROLES:
+            raise ConsoleError(422, f"a token needs a name and a role ({', '.join(TOKEN_ROLES)})")
+        envs = self._environments(environments)
+        self._may_grant(who, role, envs)
+        token = new_token()
+        with self.sessions() as db:
+            row = ApiToken(name=name, token_hash=token_digest(token), prefix=token[:10], role=role,
+                           environments=envs, created_by=who.name)
+            db.add(row)
+            self.audit(db, who.name, "token_create", name, ip=ip, role=role, environments=envs)
+            db.commit()
+            return row, token
+
+    def revoke_token(self, who: Principal, token_id: int, ip: str | None = None) -> ApiToken:
+        """Revoke a token (again is a no-op) and audit it."""
+        with self.sessions() as db:
+            row = db.get(ApiToken, token_id) if 1 <= token_id <= MAX_ID else None
+            if row is None:
+                raise ConsoleError(404, f"no token {token_id}")
+            self._may_grant(who, row.role, row.environments)
+            row.revoked_at = row.revoked_at or now()
+            self.audit(db, who.name, "token_revoke", row.name, ip=ip)
+            db.commit()
+            return row
 
     # ----- launching --------------------------------------------------------------------------
 
@@ -171,9 +322,14 @@ class Console:
             extra_vars = {}
         if not isinstance(extra_vars, dict):
             raise ConsoleError(422, "extra vars must be an object of name: value")
+        size = _json_size(extra_vars)
+        if size > EXTRA_VARS_MAX_BYTES:
+            raise ConsoleError(413, f"extra vars are {size} bytes as JSON; at most {EXTRA_VARS_MAX_BYTES}")
         for key, value in extra_vars.items():
             if not _VAR_NAME.match(str(key)) or str(key).startswith("ansible_"):
                 raise ConsoleError(422, f"extra var {key!r} is not allowed (a plain name, not ansible_*)")
+            if key in RESERVED_VARS:
+                raise ConsoleError(422, f"extra var {key!r} is not allowed: the console says who runs the job")
             if _TEMPLATE.search(json.dumps(value)):
                 raise ConsoleError(422, f"extra var {key!r} contains a Jinja template; templates are not allowed")
         if action.release:
@@ -234,6 +390,8 @@ class Console:
     # ----- reading ----------------------------------------------------------------------------
 
     def job(self, who: Principal, job_id: int) -> dict[str, Any]:
+        if not 1 <= job_id <= MAX_ID:
+            raise ConsoleError(404, f"no job {job_id}")
         with self.sessions() as db:
             row = db.get(Job, job_id)
             if row is None or not who.sees(row.environment):
@@ -262,7 +420,7 @@ class Console:
         if user:
             q = q.where(Job.launched_by == user)
         if before:
-            q = q.where(Job.id < before)
+            q = q.where(Job.id < max(0, min(before, MAX_ID + 1)))
         if who.environments is not None:
             q = q.where(Job.environment.in_(who.environments))
         with self.sessions() as db:

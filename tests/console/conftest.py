@@ -41,6 +41,9 @@ TAGS = ["v1.0.0", "v1.1.0", "v1.2.0", "v1.3.0", "v2.0.0"]
 PASSWORDS = {"admin": "admin-password-1234", "deployer": "deployer-password-1234",
              "viewer": "viewer-password-1234", "stager": "stager-password-1234"}
 
+# The address the tests' stand-in for nginx connects from (the console trusts its X-Forwarded-*).
+PROXY = "127.0.0.2"
+
 # Every response body the tests received, for the secret search.
 SEEN: list[str] = []
 
@@ -150,7 +153,8 @@ def write_config(root: Path, registry_url: str, webhook_url: str | None) -> Path
             "soak": {"playbook": "playbooks/long.yml", "role": "deployer", "description": "Sleep on every host"},
         },
         "retention": {"days": 30, "jobs": 100},
-        "security": {"login_attempts": 5, "login_window_seconds": 300},
+        # The tests' "nginx": a client bound to PROXY. 127.0.0.1 is a direct client, whose forwarded headers count for nothing.
+        "security": {"login_attempts": 5, "login_window_seconds": 300, "trusted_proxies": [PROXY]},
     }
     if webhook_url:
         config["notifications"] = {"webhook_url": webhook_url}
@@ -248,10 +252,16 @@ def _record(response: httpx.Response) -> None:
 class Client:
     """A person (cookie session) or CI (bearer token) talking to the console."""
 
-    def __init__(self, server: Server, user: str | None = None, token: str | None = None) -> None:
+    def __init__(self, server: Server, user: str | None = None, token: str | None = None,
+                 via_proxy: str | None = None) -> None:
+        """`via_proxy`: connect from PROXY, as nginx would for a client at that address (X-Forwarded-For)."""
         self.server = server
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.http = httpx.Client(base_url=server.url, headers=headers, timeout=30,
+        transport = None
+        if via_proxy:
+            headers["X-Forwarded-For"] = via_proxy
+            transport = httpx.HTTPTransport(local_address=PROXY)
+        self.http = httpx.Client(base_url=server.url, headers=headers, timeout=30, transport=transport,
                                  event_hooks={"response": [_record]})
         self.csrf = ""
         if user:

@@ -25,7 +25,9 @@ def test_session_cookie_is_httponly_and_samesite_strict(server: Server) -> None:
 
 
 def test_cookie_is_secure_behind_tls(server: Server) -> None:
-    r = httpx.post(f"{server.url}/login", data={"name": "viewer", "password": PASSWORDS["viewer"]},
+    # Behind TLS means through the proxy the console trusts (security.trusted_proxies), which says https.
+    nginx = Client(server, via_proxy="192.0.2.10")
+    r = nginx.post("/login", data={"name": "viewer", "password": PASSWORDS["viewer"]},
                    headers={"X-Forwarded-Proto": "https"})
     assert "Secure" in r.headers["set-cookie"]
 
@@ -41,7 +43,7 @@ def test_pages_and_api_need_a_sign_in(server: Server) -> None:
 
 def test_wrong_password_is_refused_and_sign_ins_are_rate_limited(server: Server, admin: Client) -> None:
     url = f"{server.url}/login"
-    # "stager" only: the limit is per user name (and, four times higher, per address).
+    # "stager" only: the limit is per address and user name (and, four times higher, per address).
     for _ in range(5):
         r = httpx.post(url, data={"name": "stager", "password": "wrong-password!"})
         assert r.status_code == 401 and "wrong user name or password" in r.text
@@ -259,3 +261,165 @@ def test_launch_form_errors_are_shown_in_place_and_start_nothing(server: Server,
     r = deployer.http.post("/launch", data=form)
     assert r.status_code == 422 and "fixture_batch" in r.text and "99 is greater than the maximum" in r.text
     assert job_count(admin) == before
+
+
+# ----- issue 21: who may grant what, what a deployer may pass, input that amplifies or crashes -----
+
+def _add_user(admin: Client, name: str, role: str, environments: str = "") -> None:
+    """A user made through the admin page (fast: no CLI process), with a password in PASSWORDS."""
+    PASSWORDS[name] = f"{name}-password-1234"
+    r = admin.http.post("/admin/users", data={"csrf": admin.csrf, "name": name, "role": role,
+                                               "environments": environments, "password": PASSWORDS[name]})
+    assert r.status_code == 303 and "error=" not in r.headers["location"], r.headers["location"]
+
+
+def _user_id(admin: Client, name: str) -> int:
+    page = admin.get("/admin/users").text
+    m = re.search(rf"<tr><td>{re.escape(name)}</td>.*?action=\"/admin/users/(\d+)/", page, re.S)
+    assert m, page
+    return int(m.group(1))
+
+
+def test_a_scoped_admin_grants_nothing_wider_than_its_own_scope(server: Server, admin: Client) -> None:
+    _add_user(admin, "envadmin", "admin", "staging")
+    scoped = Client(server, "envadmin")
+    for body in ({"name": "x", "role": "admin"}, {"name": "x", "role": "deployer", "environments": ["fleet"]},
+                 {"name": "x", "role": "viewer", "environments": ["staging", "fleet"]},
+                 {"name": "x", "role": "alertmanager", "environments": ["staging"]}):
+        r = scoped.post("/api/tokens", json=body)
+        assert r.status_code == 403 and "envadmin" in r.json()["detail"], (body, r.text)
+    r = scoped.post("/api/tokens", json={"name": "staging-ci", "role": "deployer", "environments": ["staging"]})
+    assert r.status_code == 201 and r.json()["environments"] == ["staging"]
+    # The pages go through the same rule: no unscoped admin, no disabling the admin of every environment.
+    r = scoped.http.post("/admin/users", data={"csrf": scoped.csrf, "name": "rootish", "role": "admin",
+                                                "environments": "", "password": "rootish-password-1234"})
+    assert r.status_code == 303 and "every+environment" in r.headers["location"], r.headers["location"]
+    assert "rootish" not in admin.get("/admin/users").text
+    r = scoped.http.post(f"/admin/users/{_user_id(admin, 'admin')}/disable", data={"csrf": scoped.csrf})
+    assert r.status_code == 403
+    assert admin.get("/api/me").status_code == 200  # the global admin's session lives on
+    # Its own kind it may manage; the global admin may manage it.
+    _add_user(scoped, "stageviewer", "viewer", "staging")
+    assert scoped.http.post(f"/admin/users/{_user_id(admin, 'stageviewer')}/disable",
+                            data={"csrf": scoped.csrf}).status_code == 303
+    assert admin.http.post(f"/admin/users/{_user_id(admin, 'envadmin')}/disable",
+                           data={"csrf": admin.csrf}).status_code == 303
+    assert scoped.get("/api/me").status_code == 401
+
+
+def _launch_form(client: Client, extra_vars: str, action: str = "deploy") -> httpx.Response:
+    return client.http.post("/launch", data={"csrf": client.csrf, "environment": "fleet", "action": action,
+                                             "release": "v1.2.0", "extra_vars": extra_vars})
+
+
+def test_yaml_aliases_dates_and_tags_are_refused_at_parse_time(server: Server, admin: Client) -> None:
+    deployer = Client(server, "deployer")
+    before = job_count(admin)
+    # A small alias bomb (the issue's 369 bytes became 12.5 MB): refused before anything expands it.
+    bomb = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{c}: &{c} [{', '.join(['*' + p] * 9)}]\n" for p, c in zip("abcd", "bcde"))
+    r = _launch_form(deployer, bomb)
+    assert r.status_code == 422 and "anchors and aliases" in r.text, r.text[-2000:]
+    r = _launch_form(deployer, "fixture_batch: 2\nnote: 2024-01-01")
+    assert r.status_code == 422 and "note" in r.text  # a date is a plain string, then the schema speaks
+    r = _launch_form(deployer, "x: !!binary aGVsbG8=", action="soak")
+    assert r.status_code == 422 and "!!binary is not allowed" in r.text
+    r = _launch_form(deployer, "x: .nan", action="soak")
+    assert r.status_code == 422 and "not a number JSON can hold" in r.text
+    # The API's JSON cannot alias, but its expanded size is bounded the same way.
+    r = deployer.post("/api/jobs", json={"environment": "fleet", "action": "soak",
+                                         "extra_vars": {"pad": "x" * 40_000}})
+    assert r.status_code == 413 and "extra vars are" in r.json()["detail"], r.text
+    assert job_count(admin) == before
+
+
+def test_forwarded_headers_count_only_from_the_trusted_proxy(server: Server, admin: Client) -> None:
+    direct = httpx.post(f"{server.url}/login", data={"name": "nobody-direct", "password": "wrong-password!"},
+                        headers={"X-Forwarded-For": "203.0.113.7", "X-Forwarded-Proto": "https"})
+    assert direct.status_code == 401
+    nginx = Client(server, via_proxy="203.0.113.8")
+    assert nginx.post("/login", data={"name": "nobody-proxied", "password": "wrong-password!"}).status_code == 401
+    ips = {a["actor"]: a["ip"] for a in admin.get("/api/audit", params={"action": "login_failed"}).json()}
+    assert ips["nobody-direct"] == "127.0.0.1"
+    assert ips["nobody-proxied"] == "203.0.113.8"
+
+
+def test_failed_sign_ins_lock_the_address_and_name_not_the_name(server: Server, admin: Client) -> None:
+    _add_user(admin, "lockme", "viewer")
+    attacker = Client(server, via_proxy="198.51.100.66")
+    for _ in range(5):
+        assert attacker.post("/login", data={"name": "lockme", "password": "wrong-password!"}).status_code == 401
+    blocked = attacker.post("/login", data={"name": "lockme", "password": PASSWORDS["lockme"]})
+    assert blocked.status_code == 429
+    # The user, from their own address, is not locked out by someone else's guesses.
+    assert Client(server, "lockme").get("/api/me").json()["name"] == "lockme"
+    assert Client(server, "lockme", via_proxy="198.51.100.67").get("/api/me").status_code == 200
+
+
+def test_a_password_change_ends_the_users_sessions_and_sign_out_can_end_all(server: Server, admin: Client) -> None:
+    from conftest import cli
+
+    _add_user(admin, "changer", "viewer")
+    first, second = Client(server, "changer"), Client(server, "changer")
+    done = cli(server.config, "create-user", "changer", "--role", "viewer", "--update", "--password-stdin",
+               stdin="changer-new-password-1234\n")
+    assert done.returncode == 0, done.stderr
+    assert first.get("/api/me").status_code == 401 and second.get("/api/me").status_code == 401
+    PASSWORDS["changer"] = "changer-new-password-1234"
+    first, second = Client(server, "changer"), Client(server, "changer")
+    r = first.http.post("/logout", data={"csrf": first.csrf, "everywhere": "1"})
+    assert r.status_code == 303
+    assert second.get("/api/me").status_code == 401
+
+
+def test_a_revoked_token_loses_its_open_event_stream(server: Server, admin: Client) -> None:
+    r = admin.post("/api/tokens", json={"name": "stream-watcher", "role": "deployer", "environments": ["staging"]})
+    token, token_id = r.json()["token"], r.json()["id"]
+    watcher = Client(server, token=token)
+    job_id = watcher.launch("staging", action="soak", release=None)
+    seen: list[dict[str, Any]] = []
+    try:
+        with watcher.http.stream("GET", f"/api/jobs/{job_id}/events", timeout=60) as stream:
+            for line in stream.iter_lines():
+                if not line.startswith("data:"):
+                    continue
+                seen.append(json.loads(line[5:]))
+                if seen[-1]["type"] == "snapshot":
+                    assert admin.http.delete(f"/api/tokens/{token_id}",
+                                             headers={"X-CSRF-Token": admin.csrf}).status_code == 200
+    finally:
+        admin.post(f"/api/jobs/{job_id}/cancel")
+        admin.wait(job_id)
+    assert seen[-1]["type"] == "error" and "no longer allowed" in seen[-1]["detail"], seen[-3:]
+
+
+def test_out_of_range_ids_and_chunked_bodies_get_a_4xx(server: Server, ci: Client, admin: Client) -> None:
+    huge = "9" * 20
+    for path in (f"/api/jobs/{huge}", f"/api/jobs/{huge}/events", f"/jobs/{huge}", f"/api/jobs/-{huge}"):
+        r = admin.get(path)
+        assert r.status_code == 404, (path, r.status_code)
+    assert admin.post(f"/api/jobs/{huge}/cancel").status_code == 404
+    assert admin.get("/api/jobs", params={"before": huge}).status_code == 200
+    assert admin.http.delete(f"/api/tokens/{huge}", headers={"X-CSRF-Token": admin.csrf}).status_code == 404
+    before = job_count(admin)
+
+    def chunks() -> Any:
+        yield b'{"environment": "fleet", "action": "soak", "extra_vars": {"pad": "'
+        for _ in range(100):
+            yield b"x" * 1000
+        yield b'"}}'
+
+    r = ci.post("/api/jobs", content=chunks(), headers={"Content-Type": "application/json"})
+    assert r.status_code == 413 and "bytes" in r.json()["detail"], r.text
+    assert job_count(admin) == before
+
+
+def test_api_docs_are_served_by_the_console_under_its_csp(server: Server) -> None:
+    r = httpx.get(f"{server.url}/docs")
+    assert r.status_code == 200
+    assert "script-src 'self'" in r.headers["content-security-policy"]
+    scripts = re.findall(r'<(?:script|link)[^>]+(?:src|href)="([^"]+)"', r.text)
+    assert scripts and all(s.startswith("/") and not s.startswith("//") for s in scripts), scripts
+    assert not re.search(r"<script>(?!\s*</script>)", r.text)
+    for path in scripts:
+        assert httpx.get(f"{server.url}{path}").status_code == 200, path

@@ -239,3 +239,64 @@ def test_a_sweep_kills_only_its_own_consoles_job() -> None:
         for proc in procs.values():
             proc.kill()
             proc.wait()
+
+
+def test_nobody_grants_a_role_or_scope_wider_than_their_own() -> None:
+    from fleetdeploy.console.security import CLI_PRINCIPAL, Principal
+
+    scoped = Principal("ana", "admin", ("staging",))
+    assert scoped.why_not_grant("admin", ["staging"]) is None
+    assert scoped.why_not_grant("deployer", ["staging"]) is None
+    for role, envs in (("admin", None), ("viewer", None), ("deployer", ["prod"]), ("viewer", ["staging", "prod"]),
+                       ("alertmanager", ["staging"])):
+        assert scoped.why_not_grant(role, envs), (role, envs)
+    everywhere = Principal("root", "admin", None)
+    assert everywhere.why_not_grant("admin", None) is None and everywhere.why_not_grant("alertmanager", None) is None
+    assert Principal("dee", "deployer", None).why_not_grant("viewer", ["staging"])
+    # The command line is run by root on the console's host: an admin of every environment.
+    assert CLI_PRINCIPAL.environments is None and CLI_PRINCIPAL.role == "admin"
+
+
+def test_login_limiter_memory_is_bounded() -> None:
+    from fleetdeploy.console.security import LoginLimiter, login_keys
+
+    limiter = LoginLimiter(attempts=5, window=300, max_keys=1000)
+    for i in range(20_000):
+        keys = login_keys("198.51.100.1", f"random-name-{i}")
+        if not limiter.blocked(*keys):
+            limiter.fail(*keys)
+    assert len(limiter) <= 1000
+    assert limiter.blocked(*login_keys("198.51.100.1", "anyone")) > 0  # the address is still held to its limit
+    for i in range(20_000):
+        limiter.fail(*login_keys(f"10.{i // 256 % 256}.{i % 256}.1", f"n{i}"))
+    assert len(limiter) <= 1000
+
+
+def test_built_in_actions_take_only_what_a_deployer_should_choose(tmp_path: Path) -> None:
+    from fleetdeploy.console.security import Principal
+    from fleetdeploy.console.service import Console, ConsoleError
+
+    cfg = configmod.load(None, data_dir=tmp_path)
+    for action in cfg.actions.values():
+        assert action.extra_vars_schema.get("additionalProperties") is False, action.name
+    console = Console(cfg)
+    ana = Principal("ana", "deployer", None)
+    ok = console.validate_launch(ana, "staging", "deploy", "v1.2.0", {
+        "deploy_release_overrides": {"web": "v1.1.0"}, "deploy_serial": [1, "50%"], "deploy_note": "hotfix"})
+    assert ok.extra_vars["release"] == "v1.2.0"
+    console.validate_launch(ana, "staging", "rollback", None, {"deploy_serial": 2})
+    for bad in ({"fleetdeploy_registry": "evil.example:5000"},
+                {"deploy_services": [{"name": "web", "image": "evil/web", "volumes": ["/:/host"]}]},
+                {"deploy_actor": "someone-else"}, {"deploy_auto_rollback": False},
+                {"deploy_release_overrides": {"web": "../x"}}, {"deploy_release_overrides": {"web": 3}},
+                {"deploy_serial": 0}, {"deploy_serial": 1000}, {"deploy_serial": "150%"},
+                {"deploy_note": "x" * 501}):
+        with pytest.raises(ConsoleError) as refused:
+            console.validate_launch(ana, "staging", "deploy", "v1.2.0", bad)
+        assert refused.value.status == 422, bad
+    # Whatever an admin's own action allows, the actor comes from the signed-in principal only.
+    path = tmp_path / "c.yml"
+    path.write_text(f"project_dir: {configmod.REPO}\nactions:\n  open: {{playbook: deploy.yml, role: deployer}}\n")
+    with pytest.raises(ConsoleError, match="says who runs the job"):
+        Console(configmod.load(path, data_dir=tmp_path)).validate_launch(ana, "staging", "open", None,
+                                                                         {"deploy_actor": "someone-else"})
