@@ -14,13 +14,13 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import fastapi_offline
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-from swagger_ui_bundle import swagger_ui_path
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from fleetdeploy.console.config import Config
@@ -365,14 +365,16 @@ def create_app(config: Config, console: Console | None = None) -> FastAPI:
     app.include_router(api)
     app.include_router(pages.router)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
-    app.mount("/docs/assets", StaticFiles(directory=Path(str(swagger_ui_path))), name="swagger-ui")
+    app.mount("/docs/assets", StaticFiles(directory=Path(fastapi_offline.__file__).parent / "static"),
+              name="swagger-ui")
     app.add_middleware(BodyLimit, limit=config.max_body_bytes)
     # Only the configured proxies (the role's nginx) may say who the client is and that it came over TLS.
     app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=list(config.trusted_proxies))
     return app
 
 
-# Swagger UI from the swagger-ui-bundle package, started by static/docs.js: no inline script, no CDN.
+# Swagger UI 5 (OpenAPI 3.1) from the files the fastapi-offline package ships, started by static/docs.js:
+# no inline script, no CDN.
 _DOCS_PAGE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>fleetdeploy console API</title>
 <link rel="stylesheet" href="/docs/assets/swagger-ui.css"></head>

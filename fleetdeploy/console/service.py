@@ -216,10 +216,12 @@ class Console:
         if environments is None:
             return None
         names = list(dict.fromkeys(environments))
+        if not names:
+            raise ConsoleError(422, "environments: name at least one, or leave them out for every environment")
         unknown = [n for n in names if n not in self.config.environments]
         if unknown:
             raise ConsoleError(422, f"unknown environment(s): {', '.join(unknown)}")
-        return names or None
+        return names
 
     @staticmethod
     def _may_grant(who: Principal, role: str, environments: list[str] | None) -> None:

@@ -153,7 +153,7 @@ def write_config(root: Path, registry_url: str, webhook_url: str | None) -> Path
             "soak": {"playbook": "playbooks/long.yml", "role": "deployer", "description": "Sleep on every host"},
         },
         "retention": {"days": 30, "jobs": 100},
-        # The tests' "nginx": a client bound to PROXY. 127.0.0.1 is a direct client, whose forwarded headers count for nothing.
+        # The tests' "nginx" connects from PROXY; a direct client (127.0.0.1) has its X-Forwarded-* ignored.
         "security": {"login_attempts": 5, "login_window_seconds": 300, "trusted_proxies": [PROXY]},
     }
     if webhook_url:

@@ -99,3 +99,19 @@ def test_cancel_a_long_job_from_the_browser(browser_page: object, server: Server
     expect(page.locator("#job-explanation")).to_contain_text("canceled by deployer")
     expect(page.locator("#cancel-button")).to_have_count(0)
     assert job_processes(server.config, job_id) == []
+
+
+def test_api_docs_render_offline_under_the_csp(browser_page: object, server: Server) -> None:
+    """Swagger UI from the console's own copy: nothing from another origin, no CSP violation."""
+    from playwright.sync_api import Page, expect
+
+    page = browser_page
+    assert isinstance(page, Page)
+    foreign: list[str] = []
+    violations: list[str] = []
+    page.on("request", lambda r: None if r.url.startswith(server.url) else foreign.append(r.url))
+    page.on("console", lambda m: violations.append(m.text) if "Content Security Policy" in m.text else None)
+    page.goto(f"{server.url}/docs")
+    expect(page.locator(".swagger-ui .info .title")).to_contain_text("fleetdeploy console")
+    expect(page.locator(".opblock-summary-path", has_text="/api/jobs/{job_id}/events")).to_be_visible()
+    assert foreign == [] and violations == [], (foreign, violations)
