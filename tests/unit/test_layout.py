@@ -70,3 +70,13 @@ def test_requirements_pin_the_collections_the_ansible_package_bundles() -> None:
     for entry in required:
         assert entry["name"] in bundled, entry["name"]
         assert entry["version"] == bundled[entry["name"]], entry
+
+
+def test_the_production_build_carries_no_test_knob() -> None:
+    """A deliberately failing release is built only by tests/fixtures/unhealthy_demo: the playbooks, roles,
+    inventories and service Dockerfiles have no switch that makes an image unhealthy."""
+    production = [*REPO.glob("*.yml"), *REPO.glob("playbooks/**/*.yml"), *REPO.glob("roles/**/*.yml"),
+                  *REPO.glob("roles/**/*.j2"), *REPO.glob("inventories/**/*.yml"), *REPO.glob("services/*/Dockerfile")]
+    assert (REPO / "playbooks" / "build.yml") in production
+    knobs = [p.relative_to(REPO).as_posix() for p in production if "demo_unhealthy" in p.read_text().lower()]
+    assert knobs == []
