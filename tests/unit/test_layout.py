@@ -80,3 +80,24 @@ def test_the_production_build_carries_no_test_knob() -> None:
     assert (REPO / "playbooks" / "build.yml") in production
     knobs = [p.relative_to(REPO).as_posix() for p in production if "demo_unhealthy" in p.read_text().lower()]
     assert knobs == []
+
+
+def test_the_stub_status_port_is_one_number_in_the_fleets_wiring() -> None:
+    """nginx serves stub_status where the nginx exporter reads it: site.yml hands both roles the one port in
+    playbooks/vars/wiring.yml, no inventory papers over a mismatch, and the roles' own defaults agree."""
+    port = yaml.safe_load((REPO / "playbooks" / "vars" / "wiring.yml").read_text())["fleetdeploy_stub_status_port"]
+    nginx = yaml.safe_load((REPO / "roles" / "nginx" / "defaults" / "main.yml").read_text())
+    exporters = yaml.safe_load((REPO / "roles" / "exporters" / "defaults" / "main.yml").read_text())
+    assert nginx["nginx_stub_status_port"] == port
+    assert exporters["exporters_nginx_status_url"] == f"http://127.0.0.1:{port}/stub_status"
+    plays = {play["name"]: play for play in yaml.safe_load((REPO / "playbooks" / "site.yml").read_text())}
+    role_vars = {role["role"]: (play, role.get("vars", {})) for play in plays.values() for role in play.get("roles", [])}
+    for role, variable, expected in (
+            ("nginx", "nginx_stub_status_port", "{{ fleetdeploy_stub_status_port }}"),
+            ("exporters", "exporters_nginx_status_url", "http://127.0.0.1:{{ fleetdeploy_stub_status_port }}/stub_status")):
+        play, given = role_vars[role]
+        assert "vars/wiring.yml" in play.get("vars_files", []), role
+        assert given.get(variable) == expected, role
+    for path in (REPO / "inventories").rglob("*.yml"):
+        text = path.read_text()
+        assert "nginx_stub_status_port" not in text and "exporters_nginx_status_url" not in text, path
