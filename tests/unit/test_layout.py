@@ -101,3 +101,25 @@ def test_the_stub_status_port_is_one_number_in_the_fleets_wiring() -> None:
     for path in (REPO / "inventories").rglob("*.yml"):
         text = path.read_text()
         assert "nginx_stub_status_port" not in text and "exporters_nginx_status_url" not in text, path
+
+
+def test_every_firewall_drop_in_goes_through_the_common_roles_one_task_file() -> None:
+    """Each role's <role>.nft template is written by roles/common/tasks/firewall_dropin.yml (checked, then
+    loaded by the guarded handler chain), and no role writes into /etc/nftables.d by itself."""
+    templates = sorted(p for p in REPO.glob("roles/*/templates/*.nft.j2") if p.parts[-3] != "common")
+    assert templates, "no role declares a firewall drop-in"
+    for template in templates:
+        role = template.parts[-3]
+        calls = [task for path in (REPO / "roles" / role / "tasks").glob("*.yml")
+                 for task in yaml.safe_load(path.read_text()) or []
+                 if task.get("ansible.builtin.include_role", {}).get("tasks_from") == "firewall_dropin.yml"]
+        assert [call["vars"]["common_firewall_dropin_template"] for call in calls] == [template.name], role
+        assert all(call["ansible.builtin.include_role"] == {
+            "name": "common", "tasks_from": "firewall_dropin.yml", "handlers_from": "firewall.yml"} for call in calls), role
+    for path in REPO.glob("roles/*/tasks/*.yml"):
+        if path.parts[-3] == "common":
+            continue
+        for task in yaml.safe_load(path.read_text()) or []:
+            for module in ("ansible.builtin.template", "ansible.builtin.copy"):
+                dest = str((task.get(module) or {}).get("dest", ""))
+                assert "nftables.d" not in dest and not dest.endswith(".nft"), f"{path}: {task.get('name')}"
