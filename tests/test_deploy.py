@@ -28,6 +28,7 @@ pytestmark = [pytest.mark.lab, pytest.mark.slow]
 LAB = f"fdci{SLOT_SUFFIX}"
 HTTP_PORT = slot_port(28080)
 REGISTRY_PORT = slot_port(25443)
+UNHEALTHY_BUILD = "tests/fixtures/unhealthy_demo/build.yml"
 RATE = 60  # requests per second, over keep-alive connections, a quarter of them POSTs
 
 
@@ -122,8 +123,9 @@ def lab(tmp_path_factory: pytest.TempPathFactory):
     lab.grow(3)
     for release in ("v1", "v2"):
         lab.play("playbooks/build.yml", release=release).check()
-    lab.play("playbooks/build.yml", release="bad", demo_unhealthy="true").check()
-    lab.play("playbooks/build.yml", release="bad-on-app2", demo_unhealthy="app2").check()
+    # Failing releases come from a test-only build: the production build path has no such knob.
+    lab.play(UNHEALTHY_BUILD, release="bad", from_release="v1", unhealthy_on="true").check()
+    lab.play(UNHEALTHY_BUILD, release="bad-on-app2", from_release="v1", unhealthy_on="app2").check()
     lab.play("deploy.yml", release="v1").check()
     yield lab
     playbook("playbooks/lab_destroy.yml", extra_vars=lab.lab_vars(4))
@@ -260,6 +262,26 @@ def test_a_failure_in_a_later_batch_rolls_the_swapped_hosts_back(lab: Lab) -> No
     assert [(h["release"], h["action"], h["result"]) for h in history[:2]] == [
         ("v2", "rollback", "ok"), ("bad-on-app2", "deploy", "ok")]
     assert lab.record("app3")["history"][0]["release"] != "bad-on-app2"
+
+
+def test_failures_within_max_fail_percentage_stay_behind_and_the_rollout_goes_on(lab: Lab) -> None:
+    """deploy_max_fail_percentage as Ansible's max_fail_percentage: in batches of two with 50% allowed, app2
+    failing in the first batch (1 of 2, not more than 50%) does not stop the rollout; app3 is swapped too,
+    app2 stays on its old release, and the verdict and the audit log name it. The run still fails."""
+    run, load = lab.under_load("deploy.yml", release="bad-on-app2", deploy_serial=2, deploy_max_fail_percentage=50,
+                               deploy_health_timeout=10)
+    assert run.returncode != 0
+    assert_no_failures(load)
+    message = " ".join(run.output.split())
+    assert "went on to every batch (failures within deploy_max_fail_percentage 50%) but failed on 1 host(s)" in message, \
+        run.output[-4000:]
+    assert "host app2, service demo, release bad-on-app2 did not become healthy" in message
+    assert [lab.release_on(h) for h in lab.app_hosts()] == ["bad-on-app2", "v2", "bad-on-app2"]
+    assert lab.record("app1")["history"][0]["action"] == "deploy"  # not rolled back
+    entry = json.loads(lab.exec("ops1", "tail", "-n", "1", "/var/log/fleetdeploy/audit.log"))
+    assert (entry["result"], entry["failures"]) == ("partial", ["app2"]), entry
+    assert {"app1", "app3"} <= set(entry["hosts_changed"]), entry
+    lab.play("deploy.yml", release="v2").check()  # the fleet as the next tests expect it
 
 
 def test_a_mistyped_release_fails_fast_and_changes_nothing(lab: Lab) -> None:

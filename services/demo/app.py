@@ -18,8 +18,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 RELEASE = os.environ.get("DEMO_RELEASE", "unknown")
 PORT = int(os.environ.get("PORT", "8000"))
 HOST_NAME = os.environ.get("FLEETDEPLOY_HOST", socket.gethostname())
-# A release built with demo_unhealthy=true never passes its health check (for failure-path tests);
-# demo_unhealthy=app2,app3 fails only on those hosts (a failure in a later batch).
+# DEMO_UNHEALTHY=true never passes the health check, DEMO_UNHEALTHY=app2,app3 only on those hosts: set
+# only by the failure-path tests' own build (tests/fixtures/unhealthy_demo), never by playbooks/build.yml.
 _UNHEALTHY = os.environ.get("DEMO_UNHEALTHY", "false").lower()
 UNHEALTHY = _UNHEALTHY == "true" or HOST_NAME in _UNHEALTHY.split(",")
 MAX_BODY = int(os.environ.get("DEMO_MAX_BODY", str(1024 * 1024)))

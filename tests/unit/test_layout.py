@@ -70,3 +70,56 @@ def test_requirements_pin_the_collections_the_ansible_package_bundles() -> None:
     for entry in required:
         assert entry["name"] in bundled, entry["name"]
         assert entry["version"] == bundled[entry["name"]], entry
+
+
+def test_the_production_build_carries_no_test_knob() -> None:
+    """A deliberately failing release is built only by tests/fixtures/unhealthy_demo: the playbooks, roles,
+    inventories and service Dockerfiles have no switch that makes an image unhealthy."""
+    production = [*REPO.glob("*.yml"), *REPO.glob("playbooks/**/*.yml"), *REPO.glob("roles/**/*.yml"),
+                  *REPO.glob("roles/**/*.j2"), *REPO.glob("inventories/**/*.yml"), *REPO.glob("services/*/Dockerfile")]
+    assert (REPO / "playbooks" / "build.yml") in production
+    knobs = [p.relative_to(REPO).as_posix() for p in production if "demo_unhealthy" in p.read_text().lower()]
+    assert knobs == []
+
+
+def test_the_stub_status_port_is_one_number_in_the_fleets_wiring() -> None:
+    """nginx serves stub_status where the nginx exporter reads it: site.yml hands both roles the one port in
+    playbooks/vars/wiring.yml, no inventory papers over a mismatch, and the roles' own defaults agree."""
+    port = yaml.safe_load((REPO / "playbooks" / "vars" / "wiring.yml").read_text())["fleetdeploy_stub_status_port"]
+    nginx = yaml.safe_load((REPO / "roles" / "nginx" / "defaults" / "main.yml").read_text())
+    exporters = yaml.safe_load((REPO / "roles" / "exporters" / "defaults" / "main.yml").read_text())
+    assert nginx["nginx_stub_status_port"] == port
+    assert exporters["exporters_nginx_status_url"] == f"http://127.0.0.1:{port}/stub_status"
+    plays = {play["name"]: play for play in yaml.safe_load((REPO / "playbooks" / "site.yml").read_text())}
+    role_vars = {role["role"]: (play, role.get("vars", {})) for play in plays.values() for role in play.get("roles", [])}
+    for role, variable, expected in (
+            ("nginx", "nginx_stub_status_port", "{{ fleetdeploy_stub_status_port }}"),
+            ("exporters", "exporters_nginx_status_url", "http://127.0.0.1:{{ fleetdeploy_stub_status_port }}/stub_status")):
+        play, given = role_vars[role]
+        assert "vars/wiring.yml" in play.get("vars_files", []), role
+        assert given.get(variable) == expected, role
+    for path in (REPO / "inventories").rglob("*.yml"):
+        text = path.read_text()
+        assert "nginx_stub_status_port" not in text and "exporters_nginx_status_url" not in text, path
+
+
+def test_every_firewall_drop_in_goes_through_the_common_roles_one_task_file() -> None:
+    """Each role's <role>.nft template is written by roles/common/tasks/firewall_dropin.yml (checked, then
+    loaded by the guarded handler chain), and no role writes into /etc/nftables.d by itself."""
+    templates = sorted(p for p in REPO.glob("roles/*/templates/*.nft.j2") if p.parts[-3] != "common")
+    assert templates, "no role declares a firewall drop-in"
+    for template in templates:
+        role = template.parts[-3]
+        calls = [task for path in (REPO / "roles" / role / "tasks").glob("*.yml")
+                 for task in yaml.safe_load(path.read_text()) or []
+                 if task.get("ansible.builtin.include_role", {}).get("tasks_from") == "firewall_dropin.yml"]
+        assert [call["vars"]["common_firewall_dropin_template"] for call in calls] == [template.name], role
+        assert all(call["ansible.builtin.include_role"] == {
+            "name": "common", "tasks_from": "firewall_dropin.yml", "handlers_from": "firewall.yml"} for call in calls), role
+    for path in REPO.glob("roles/*/tasks/*.yml"):
+        if path.parts[-3] == "common":
+            continue
+        for task in yaml.safe_load(path.read_text()) or []:
+            for module in ("ansible.builtin.template", "ansible.builtin.copy"):
+                dest = str((task.get(module) or {}).get("dest", ""))
+                assert "nftables.d" not in dest and not dest.endswith(".nft"), f"{path}: {task.get('name')}"
