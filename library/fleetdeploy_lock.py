@@ -343,14 +343,26 @@ def renew(module: AnsibleModule, store: FileLock | DynamoLock) -> None:
         lock, renewals = renewed, renewals + 1
         if p["interval"] <= 0:
             break
-        time.sleep(p["interval"])
-        if p["watch_pid"] and not process_alive(p["watch_pid"]):
-            stopped = "the watched process exited"
+        stopped = wait(p["interval"], store, p["run_id"], p["watch_pid"])
+        if stopped:
             break
     if renewals == 0 and p["interval"] <= 0:
         module.fail_json(msg=f"The deploy lock of {p['name']} is not held by run {p['run_id']}: nothing to renew.",
                          lock=store.read(), renewals=0, stopped=stopped)
     module.exit_json(changed=renewals > 0, lock=lock, renewals=renewals, stopped=stopped)
+
+
+def wait(interval: int, store: FileLock | DynamoLock, run_id: str, watch_pid: int | None) -> str:
+    """Sleep until the next renewal, looking every few seconds whether there is still a reason to renew:
+    a released lock or an exited run ends the heartbeat within seconds, not at its next renewal."""
+    deadline = time.time() + interval
+    while (left := deadline - time.time()) > 0:
+        time.sleep(min(left, 5))
+        if watch_pid and not process_alive(watch_pid):
+            return "the watched process exited"
+        if (store.read() or {}).get("run_id") != run_id:
+            return "lost"
+    return ""
 
 
 def main() -> None:
