@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import subprocess
 import time
 
 import boto3
 import pytest
 
-from helpers import REPO, VENV_BIN, run
+from helpers import REPO, VENV_BIN, env, run
 from moto_endpoint import MotoEndpoint
 
 
@@ -51,15 +53,28 @@ def test_aws_ec2_inventory_builds_role_groups_from_tags(aws: MotoEndpoint, env: 
 def lock(aws: MotoEndpoint, run_id: str, holder: str, **extra: object):
     args = {"name": "prod", "run_id": run_id, "holder": holder, "action": "deploy v3", "backend": "dynamodb",
             "table": "fleetdeploy-locks", "region": "eu-west-1", **extra}
-    return run([str(VENV_BIN / "ansible"), "localhost", "-m", "fleetdeploy_lock", "-a", json.dumps(args)], **aws.env())
+    return run([str(VENV_BIN / "ansible"), "localhost", "-m", "fleetdeploy_lock", "-a", json.dumps(args)],
+               ANSIBLE_CALLBACK_RESULT_FORMAT="json", **aws.env())
 
 
-def test_dynamodb_lock_refuses_a_second_holder_and_expires(aws: MotoEndpoint) -> None:
-    boto3.client("dynamodb", region_name="eu-west-1").create_table(
+def create_lock_table() -> None:
+    client = boto3.client("dynamodb", region_name="eu-west-1")
+    if "fleetdeploy-locks" in client.list_tables()["TableNames"]:  # moto keeps its state across endpoints
+        client.delete_table(TableName="fleetdeploy-locks")
+    client.create_table(
         TableName="fleetdeploy-locks", BillingMode="PAY_PER_REQUEST",
         KeySchema=[{"AttributeName": "lock", "KeyType": "HASH"}],
         AttributeDefinitions=[{"AttributeName": "lock", "AttributeType": "S"}],
     )
+
+
+def module_result(run) -> dict:
+    """The JSON an ad-hoc `ansible localhost -m ...` printed after `localhost | SUCCESS =>`."""
+    return json.loads(run.output[run.output.index("{"):])
+
+
+def test_dynamodb_lock_refuses_a_second_holder_and_expires(aws: MotoEndpoint) -> None:
+    create_lock_table()
     assert lock(aws, "run-a", "alice").returncode == 0
     refused = lock(aws, "run-b", "bob")
     assert refused.returncode != 0
@@ -74,3 +89,100 @@ def test_dynamodb_lock_refuses_a_second_holder_and_expires(aws: MotoEndpoint) ->
     assert lock(aws, "run-b", "bob", state="released").returncode == 0
     assert lock(aws, "run-c", "carol").returncode == 0
     assert lock(aws, "run-d", "dave", force=True).returncode == 0
+
+
+def wait_for(condition, what: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.2)
+
+
+def heartbeat(aws: MotoEndpoint, run_id: str, watch_pid: int, ttl: int) -> subprocess.Popen:
+    """The deploy's background renewal (tasks/lock.yml starts it with async), here as its own process."""
+    args = {"name": "prod", "state": "renewed", "run_id": run_id, "ttl": ttl, "interval": max(ttl // 3, 1),
+            "watch_pid": watch_pid, "backend": "dynamodb", "table": "fleetdeploy-locks", "region": "eu-west-1"}
+    return subprocess.Popen([str(VENV_BIN / "ansible"), "localhost", "-m", "fleetdeploy_lock", "-a", json.dumps(args)],
+                            cwd=REPO, env=env(ANSIBLE_CALLBACK_RESULT_FORMAT="json", **aws.env()), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def held_lock() -> dict | None:
+    """The lock item as the module wrote it, read straight from the table (faster than the module)."""
+    item = boto3.client("dynamodb", region_name="eu-west-1").get_item(
+        TableName="fleetdeploy-locks", Key={"lock": {"S": "prod"}}, ConsistentRead=True).get("Item")
+    return json.loads(item["body"]["S"]) if item else None
+
+
+def test_dynamodb_lock_shows_its_holder_keeps_fresh_past_its_ttl_and_is_released_for_good(aws: MotoEndpoint) -> None:
+    """status says who, since, action and expires; a heartbeat keeps a lock past its TTL while the process
+    it watches lives, stops when that process exits (the lock then expires), and never writes a released
+    lock again."""
+    create_lock_table()
+    ttl = 6
+    lock(aws, "run-a", "alice", ttl=ttl).check()
+    status = module_result(lock(aws, "-", "-", state="status").check())
+    assert status["held"] is True and status["stale"] is False
+    held = status["lock"]
+    assert (held["holder"], held["action"], held["run_id"]) == ("alice", "deploy v3", "run-a")
+    assert held["expires"] == pytest.approx(held["since"] + ttl)
+
+    controller = subprocess.Popen(["sleep", "600"])  # stands in for alice's ansible-playbook
+    beating = heartbeat(aws, "run-a", controller.pid, ttl)
+    try:
+        wait_for(lambda: (held_lock() or {}).get("renewed", 0) > held["since"], "the heartbeat renews alice's lock")
+        # Wait until the lock is older than its TTL: without the heartbeat it would be stale now.
+        wait_for(lambda: time.time() - held["since"] > ttl + 1, "alice's lock is older than its TTL")
+        refused = lock(aws, "run-b", "bob", ttl=ttl)
+        assert refused.returncode != 0, refused.output
+        assert re.search(r"held by alice running 'deploy v3' since .*, last renewed \d+s ago", refused.output)
+        renewed = held_lock() or {}
+        assert renewed["renewed"] > held["since"] and renewed["expires"] == pytest.approx(renewed["renewed"] + ttl)
+    finally:
+        controller.kill()
+        controller.wait()
+    # alice's controller is gone: the heartbeat stops, and her lock goes stale one TTL later.
+    output = beating.communicate(timeout=120)[0]
+    assert beating.returncode == 0 and "the watched process exited" in output, output
+    last = (held_lock() or {})["renewed"]
+    wait_for(lambda: time.time() - last > ttl, "alice's lock is stale")
+    taken = lock(aws, "run-b", "bob", ttl=ttl)
+    assert taken.returncode == 0 and "alice" in taken.output, taken.output
+
+    # An operator releases bob's lock, with a reason, while bob's heartbeat runs: it stops and never
+    # writes the lock again.
+    controller = subprocess.Popen(["sleep", "600"])
+    try:
+        beating = heartbeat(aws, "run-b", controller.pid, ttl)
+        since = module_result(taken)["lock"]["since"]
+        wait_for(lambda: (held_lock() or {}).get("renewed", 0) > since, "bob's lock is renewed")
+        released = module_result(lock(aws, "-", "carol", state="released", force=True, reason="bob's laptop died")
+                                 .check())
+        assert released["released"]["holder"] == "bob" and released["reason"] == "bob's laptop died"
+        output = beating.communicate(timeout=120)[0]
+    finally:
+        controller.kill()
+        controller.wait()
+    assert beating.returncode == 0 and '"stopped": "lost"' in output, output
+    assert held_lock() is None
+    assert module_result(lock(aws, "-", "-", state="status").check())["held"] is False
+
+
+def test_an_audit_record_goes_to_dynamodb_once(aws: MotoEndpoint) -> None:
+    create_lock_table()
+    record = {"environment": "prod", "action": "deploy", "release": "v3", "user": "alice", "run_id": "run-a",
+              "started": "2026-01-01T10:00:00Z", "ended": "2026-01-01T10:05:00Z", "result": "ok",
+              "hosts": {"i-1": "changed"}}
+    args = {"record": record, "destinations": ["dynamodb"], "table": "fleetdeploy-locks", "region": "eu-west-1"}
+    command = [str(VENV_BIN / "ansible"), "localhost", "-m", "fleetdeploy_audit", "-a", json.dumps(args)]
+    assert module_result(run(command, ANSIBLE_CALLBACK_RESULT_FORMAT="json", **aws.env()).check())["written"] == [
+        "dynamodb"]
+    # A retried task records nothing new.
+    assert module_result(run(command, ANSIBLE_CALLBACK_RESULT_FORMAT="json", **aws.env()).check())["written"] == []
+    assert audit_items() == [record]
+
+
+def audit_items(environment: str = "prod") -> list[dict]:
+    """The audit records kept in the lock table, oldest first."""
+    items = boto3.client("dynamodb", region_name="eu-west-1").scan(TableName="fleetdeploy-locks")["Items"]
+    found = [item for item in items if item["lock"]["S"].startswith(f"audit/{environment}/")]
+    return [json.loads(item["body"]["S"]) for item in sorted(found, key=lambda item: item["lock"]["S"])]

@@ -82,6 +82,18 @@ class Lab:
     def record(self, host: str, service: str = "demo") -> dict:
         return json.loads(self.exec(host, "cat", f"/var/lib/fleetdeploy/releases/{service}.json"))
 
+    def audit(self) -> tuple[list[dict], list[dict]]:
+        """The audit records on the ops host: the file's lines, and the journal's fleetdeploy-audit entries."""
+        lines = self.exec("ops1", "cat", "/var/log/fleetdeploy/audit.log").splitlines()
+        entries = self.exec("ops1", "journalctl", "--no-pager", "--all", "-o", "json",
+                            "SYSLOG_IDENTIFIER=fleetdeploy-audit").splitlines()
+        return ([json.loads(line) for line in lines if line.startswith("{")],
+                [json.loads(line) for line in entries if line.startswith("{")])
+
+    def lock(self) -> dict | None:
+        text = self.exec("ops1", "cat", "/var/lib/fleetdeploy/deploy.lock")
+        return json.loads(text) if text.startswith("{") else None
+
     def console(self, root: Path, user: str, password: str) -> Server:
         """The deploy console with this lab as its one environment, and a deployer to sign in as."""
         ca = root / "registry-ca.crt"
@@ -136,6 +148,23 @@ def assert_no_failures(result: Result) -> None:
     assert result.requests >= 50, result.summary()
     assert result.rate >= 50 * 0.9, result.summary()
     assert result.failures == [], result.summary()
+
+
+def assert_one_audit_record(lab: Lab, before: tuple[list[dict], list[dict]], action: str, result: str,
+                            hosts: dict[str, str]) -> dict:
+    """The run since `before` left exactly one complete record, the same in the file and in the journal."""
+    files, journal = lab.audit()
+    new_files, new_entries = files[len(before[0]):], journal[len(before[1]):]
+    assert len(new_files) == 1 and len(new_entries) == 1, (new_files, new_entries)
+    record, entry = new_files[0], new_entries[0]
+    assert {"environment", "action", "release", "user", "run_id", "started", "ended", "result", "hosts"} <= set(record)
+    assert (record["action"], record["result"], record["user"], record["hosts"]) == (action, result, "pytest", hosts), record
+    assert record["environment"] == "local" and record["run_id"] and record["started"] <= record["ended"], record
+    assert json.loads(entry["AUDIT_RECORD"]) == record
+    assert (entry["ACTION"], entry["RELEASE"], entry["ACTOR"], entry["RESULT"], entry["RUN_ID"]) == (
+        action, record["release"], "pytest", result, record["run_id"])
+    assert entry["HOSTS"] == " ".join(f"{host}={outcome}" for host, outcome in sorted(hosts.items()))
+    return record
 
 
 def haproxy(lab: Lab, command: str) -> str:
@@ -201,10 +230,14 @@ def test_a_deploy_launched_in_the_console_rolls_the_lab_host_by_host(lab: Lab, t
 
 def test_three_hosts_go_from_v1_to_v2_with_zero_failed_requests(lab: Lab) -> None:
     lab.play("deploy.yml", release="v1").check()
+    before = lab.audit()
     run, load = lab.under_load("deploy.yml", release="v2")
     run.check()
     assert_no_failures(load)
     assert [lab.release_on(h) for h in lab.app_hosts()] == ["v2", "v2", "v2"]
+    record = assert_one_audit_record(lab, before, "deploy", "ok", {"app1": "changed", "app2": "changed",
+                                                                  "app3": "changed"})
+    assert record["release"] == "v2" and record["images"]["demo:v2"].startswith("sha256:"), record
     version = json.loads(lab.exec("lb1", "curl", "-sS", "http://127.0.0.1:8080/version"))
     assert version == {"release": "v2"}
     record = lab.record("app2")
@@ -238,9 +271,13 @@ def test_nginx_refusing_a_new_upstream_gets_the_old_one_back_and_keeps_serving(l
 
 
 def test_an_unhealthy_release_fails_clearly_and_the_fleet_keeps_serving(lab: Lab) -> None:
+    before = lab.audit()
     run, load = lab.under_load("deploy.yml", release="bad", deploy_health_timeout=10)
     assert run.returncode != 0
     assert_no_failures(load)
+    record = assert_one_audit_record(lab, before, "deploy", "failed", {"app1": "failed", "app2": "not reached",
+                                                                      "app3": "not reached"})
+    assert record["release"] == "bad" and record["failed"][0]["service"] == "demo", record
     message = " ".join(run.output.split())
     assert "host app1, service demo, release bad did not become healthy" in message, run.output[-4000:]
     assert "built with demo_unhealthy=true" in message  # the last health-check output
@@ -315,9 +352,11 @@ def test_rollback_returns_the_fleet_to_the_previous_release_without_a_gap(lab: L
                        "--format", "{{.Names}} {{.Image}}").split()
     free_slot = "demo-b" if serving[0] == "demo-a" else "demo-a"
     lab.exec("app1", "docker", "create", "--name", free_slot, "--label", "org.fleetdeploy.service=demo", serving[1])
+    before = lab.audit()
     run, load = lab.under_load("rollback.yml")
     run.check()
     assert_no_failures(load)
+    assert_one_audit_record(lab, before, "rollback", "ok", {"app1": "changed", "app2": "changed", "app3": "changed"})
     assert [lab.release_on(h) for h in lab.app_hosts()] == ["v1", "v1", "v1"]
     containers = lab.exec("app1", "docker", "ps", "--all", "--filter", "label=org.fleetdeploy.service=demo",
                           "--format", "{{.Names}} {{.Image}} {{.State}}").splitlines()
@@ -328,9 +367,12 @@ def test_rollback_returns_the_fleet_to_the_previous_release_without_a_gap(lab: L
 
 
 def test_growing_from_three_to_four_hosts_under_load(lab: Lab) -> None:
+    before = lab.audit()
     with LoadGenerator("127.0.0.1", HTTP_PORT, rate=RATE) as load:
         lab.grow(4)
     assert_no_failures(load.result)
+    # site.yml's run is audited: who ran it, when, on which hosts, and how it ended.
+    assert_one_audit_record(lab, before, "site", "ok", {host: "ok" for host in lab.hosts()})
     # The fleet's current release, which the rollback before this test made v1 again.
     assert lab.release_on("app4") == "v1"
     seen = set()
@@ -368,14 +410,26 @@ def test_with_an_alb_each_host_leaves_its_target_groups_before_its_containers_ch
             for host, instance in zip(hosts, ids):
                 (host_vars / f"{host}.yml").write_text(f"ec2_instance_id: {instance}\n")
             target = "v1" if lab.release_on(hosts[0]) == "v2" else "v2"
+            # The deploy takes its lock in DynamoDB, as in AWS, and keeps its audit record there too.
+            boto3.client("dynamodb").create_table(
+                TableName="fleetdeploy-locks", BillingMode="PAY_PER_REQUEST",
+                KeySchema=[{"AttributeName": "lock", "KeyType": "HASH"}],
+                AttributeDefinitions=[{"AttributeName": "lock", "AttributeType": "S"}])
+            before = lab.audit()
             deploy_started = time.time()  # the set-up above registered the targets too
-            lab.play("deploy.yml", release=target, deploy_lb_provider="alb", deploy_lb_region="eu-west-1").check()
+            lab.play("deploy.yml", release=target, deploy_lb_provider="alb", deploy_lb_region="eu-west-1",
+                     deploy_lock_backend="dynamodb", deploy_lock_table="fleetdeploy-locks",
+                     deploy_lock_region="eu-west-1").check()
+            items = boto3.client("dynamodb").scan(TableName="fleetdeploy-locks")["Items"]
         finally:
             for key in aws.env():
                 os.environ.pop(key, None)
             shutil.rmtree(lab.inventory / "host_vars", ignore_errors=True)
         calls = aws.recorder.actions("DeregisterTargets", "RegisterTargets")
     assert [lab.release_on(h) for h in hosts] == [target] * len(hosts)
+    record = assert_one_audit_record(lab, before, "deploy", "ok", {host: "changed" for host in hosts})
+    # The lock was given back; the one audit record in DynamoDB is the ops host's.
+    assert [json.loads(item["body"]["S"]) for item in items] == [record], items
     for host, instance in zip(hosts, ids):
         mine = [c for c in calls if c.time >= deploy_started and c.params.get("Targets.member.1.Id") == [instance]]
         deregistered = [c.time for c in mine if c.action == "DeregisterTargets"]
@@ -387,3 +441,74 @@ def test_with_an_alb_each_host_leaves_its_target_groups_before_its_containers_ch
 
         started = datetime.fromisoformat(created.strip()[:26].rstrip("Z") + "+00:00").timestamp()
         assert max(deregistered) < started < min(registered), host
+
+
+def test_a_deploy_longer_than_its_lock_ttl_keeps_its_lock_and_refuses_a_second(lab: Lab) -> None:
+    """A TTL of 15 s and one host swap that drains for 60 s: the heartbeat renews the lock every 5 s, so a
+    second deploy started once the lock is older than its TTL is refused while the first runs, and the
+    first finishes cleanly and gives the lock back."""
+    ttl = 15
+    target = "v1" if lab.release_on("app1") == "v2" else "v2"
+    before = lab.audit()
+    first = subprocess.Popen(
+        [str(VENV_BIN / "ansible-playbook"), "deploy.yml", "-i", str(lab.inventory), "--limit", "app1,ops1",
+         "-e", json.dumps({"release": target, "deploy_lock_ttl": ttl, "deploy_drain_seconds": 60})],
+        cwd=REPO, env=env(FLEETDEPLOY_ACTOR="pytest", ANSIBLE_CACHE_PLUGIN_CONNECTION=str(lab.root / "facts")),
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 600
+        while (held := lab.lock()) is None:
+            assert first.poll() is None and time.monotonic() < deadline, "the first deploy never took the lock"
+            time.sleep(0.5)
+        while time.time() - held["since"] <= ttl + 1:  # without renewals the lock is stale from here on
+            time.sleep(0.5)
+        second = lab.play("deploy.yml", "--limit", "app1,ops1", release=target, deploy_lock_ttl=ttl)
+        still_running = first.poll() is None
+        renewed = lab.lock()
+    finally:
+        output = first.communicate(timeout=1200)[0]
+    assert still_running, "the first deploy ended before the second asked for the lock: the test proves nothing"
+    assert second.returncode != 0
+    assert "held by pytest running 'deploy " in " ".join(second.output.split()), second.output[-3000:]
+    assert set(second.recap()) == {"ops1"}
+    assert renewed is not None and renewed["run_id"] == held["run_id"] and renewed["renewed"] > held["since"] + ttl
+    assert first.returncode == 0, output[-6000:]
+    assert lab.release_on("app1") == target
+    assert lab.lock() is None
+    # The refused deploy left no record; the first left its one.
+    assert_one_audit_record(lab, before, "deploy", "ok", {host: "changed" if host == "app1" else "not reached"
+                                                          for host in lab.app_hosts()})
+
+
+def test_the_lock_playbook_shows_the_holder_and_releases_with_a_reason(lab: Lab) -> None:
+    lock = {"name": "local", "run_id": "run-of-alice", "holder": "alice", "action": "deploy v9", "since": time.time(),
+            "renewed": time.time(), "ttl": 3600, "expires": time.time() + 3600}
+    lab.exec("ops1", "sh", "-c", f"echo '{json.dumps(lock)}' > /var/lib/fleetdeploy/deploy.lock")
+    status = lab.play("playbooks/lock.yml").check()
+    message = " ".join(status.output.split())
+    assert "held by alice running 'deploy v9' (run run-of-alice) since" in message, status.output[-3000:]
+    assert "kept until" in message
+    refused = lab.play("playbooks/lock.yml", lock_action="release")
+    assert refused.returncode != 0 and "lock_reason" in refused.output  # a release must say why
+    before = lab.audit()
+    lab.play("playbooks/lock.yml", lock_action="release", lock_reason="alice's deploy died").check()
+    assert lab.lock() is None
+    record = assert_one_audit_record(lab, before, "lock release", "released", {})
+    assert record["reason"] == "alice's deploy died" and record["released"]["holder"] == "alice", record
+    assert "Nobody holds the deploy lock of local" in " ".join(lab.play("playbooks/lock.yml").check().output.split())
+
+
+def test_a_failed_site_run_leaves_one_audit_record(lab: Lab) -> None:
+    """app2 cannot run modules (no Python where the inventory says): site.yml fails on it, carries on with
+    ops1, and records the run as failed, naming app2."""
+    host_vars = lab.inventory / "host_vars"
+    host_vars.mkdir(exist_ok=True)
+    (host_vars / "app2.yml").write_text("ansible_python_interpreter: /nonexistent/python3\n")
+    before = lab.audit()
+    try:
+        run = lab.play("site.yml", "--limit", "app2,ops1")
+    finally:
+        shutil.rmtree(host_vars, ignore_errors=True)
+    assert run.returncode != 0
+    assert run.recap()["app2"]["failed"] + run.recap()["app2"]["unreachable"] == 1, run.output[-3000:]
+    assert_one_audit_record(lab, before, "site", "failed", {"app2": "failed", "ops1": "ok"})
