@@ -304,7 +304,7 @@ class JobManager:
                 group = job.pgid is not None and kill_process_group(job.pgid, job.process_start)
                 killed = kill_job_processes(self.marker(job.id))
                 grid = Grid()
-                grid.plan(list((job.summary or {}).get("planned") or []))
+                grid.plan(list((job.summary or {}).get("hosts") or []))  # the planner's list (_plan)
                 received = 0
                 for data in db.scalars(select(JobEvent.data).where(JobEvent.job_id == job.id)
                                        .order_by(JobEvent.counter)):
@@ -576,11 +576,12 @@ class JobManager:
         if hosts and live.status not in FINAL:
             with live.lock:
                 live.grid.plan(hosts)
+                # Stored (in the summary's own shape) until the job ends, so that the grid of a job a crash
+                # cut short still lists every host (recover).
+                planned = {**live.grid.snapshot(), "events": live.received}
             live.publish({"type": "hosts", "hosts": hosts})
-            # Kept until the job ends, so the grid of a job a crash cut short still lists every host.
             with self.sessions() as db:
-                db.execute(update(Job).where(Job.id == live.id, Job.status.not_in(FINAL))
-                           .values(summary={"planned": hosts}))
+                db.execute(update(Job).where(Job.id == live.id, Job.status.not_in(FINAL)).values(summary=planned))
                 db.commit()
 
     def _ingest(self, live: LiveJob) -> None:
