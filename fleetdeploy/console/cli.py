@@ -31,20 +31,21 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
     from fleetdeploy.console.app import create_app
+    from fleetdeploy.console.server import serve
+    from fleetdeploy.console.service import Console
 
     cfg = _load(args)
     configmod.scrub_environment(cfg)
     cfg.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     migrate(cfg.database)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app(cfg)
+    console = Console(cfg)
     # Forwarded headers are the app's business (security.trusted_proxies), not uvicorn's.
-    uvicorn.run(app, host=args.host, port=args.port, proxy_headers=False, log_level=args.log_level,
-                access_log=args.access_log)
+    serve(create_app(cfg, console), console.jobs.shutdown, host=args.host, port=args.port, proxy_headers=False,
+          log_level=args.log_level, access_log=args.access_log)
     return 0
+
 
 
 def _read_password(args: argparse.Namespace) -> str:

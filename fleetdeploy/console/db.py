@@ -25,7 +25,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # The newest revision in migrations/versions (a test keeps the two in step).
-HEAD = "0001"
+HEAD = "0002"
 
 
 def now() -> dt.datetime:
@@ -94,6 +94,10 @@ class Job(Base):
     # The grid, per-host results and the recap, kept once the job ends so reading it needs no replay.
     summary: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     events_pruned: Mapped[bool] = mapped_column(Boolean, default=False)
+    # The playbook's process group and its leader's identity (boot id and start time), so a console
+    # restarted after a crash stops the group only if that process is still the one it started.
+    pgid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    process_start: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class JobEvent(Base):

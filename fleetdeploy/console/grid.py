@@ -93,6 +93,16 @@ class Grid:
             return {}
         return {"cell": {"host": host, "col": col, **cell.as_dict()}}
 
+    def halt(self) -> list[dict[str, Any]]:
+        """The run ended (a cancel or a crash sends no result for the tasks under way): no cell runs any more.
+        Returns the cells that changed."""
+        changed = []
+        for (host, col), cell in self.cells.items():
+            if cell.running:
+                cell.running = False
+                changed.append({"host": host, "col": col, **cell.as_dict()})
+        return changed
+
     def _note_releases(self, host: str, res: Any) -> None:
         reported = (res.get("ansible_facts") or {}).get(RELEASE_FACT) if isinstance(res, dict) else None
         if isinstance(reported, dict):

@@ -16,6 +16,7 @@ import logging
 import os
 import queue
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -23,6 +24,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import ansible_runner
@@ -33,7 +35,8 @@ from fleetdeploy.console.config import Action, Config, Environment, shown_databa
 from fleetdeploy.console.db import Job, JobEvent, Release, now
 from fleetdeploy.console.grid import RELEASE_FACT, Grid
 from fleetdeploy.console.notify import Notifier
-from fleetdeploy.console.redact import MAX_STDOUT, Redactor, vault_secret_values
+from fleetdeploy.console.playbook import KNOWN_ENV, write_known
+from fleetdeploy.console.redact import MASK, MAX_STDOUT, SECRET_KEY, Redactor, scalars, vault_secrets, walk_files
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +45,7 @@ log = logging.getLogger(__name__)
 # job store as well as the job: two consoles on one machine (staging's and prod's) both have a job 7.
 JOB_MARKER = "FLEETDEPLOY_CONSOLE_JOB"
 BIN_DIR = os.path.dirname(sys.executable)
+PLAYBOOK_MODULE = "fleetdeploy.console.playbook"
 FINAL = ("successful", "failed", "canceled", "interrupted", "error")
 # pexpect_timeout: how often runner checks cancel_callback while the playbook is quiet.
 RUNNER_SETTINGS = {"suppress_output_file": True, "suppress_ansible_output": True, "pexpect_timeout": 0.25,
@@ -103,6 +107,9 @@ class LiveJob:
     events: "queue.SimpleQueue[Any]" = field(default_factory=queue.SimpleQueue)
     received: int = 0
     done: threading.Event = field(default_factory=threading.Event)
+    # The playbook's process group and its leader's identity, once it runs (see process_identity).
+    pgid: int | None = None
+    process_start: str | None = None
 
     def brief(self) -> dict[str, Any]:
         return {"id": self.id, "environment": self.environment, "action": self.action,
@@ -125,6 +132,12 @@ class LiveJob:
     def unsubscribe(self, sub: Subscriber) -> None:
         with self.lock:
             self.subscribers.discard(sub)
+
+    def end_streams(self) -> None:
+        """Tell every browser's stream to close (a None on its queue)."""
+        with self.lock:
+            for sub in self.subscribers:
+                sub.push(None)
 
 
 def job_dict(job: Job) -> dict[str, Any]:
@@ -163,6 +176,35 @@ def job_processes(job: str) -> list[int]:
     return found
 
 
+def _stat(pid: int) -> list[str] | None:
+    """/proc/<pid>/stat from the state on (the name before it may hold spaces): [0] state, [1] ppid, [2] pgrp,
+    [19] start time in clock ticks after boot."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(") ", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def process_identity(pid: int) -> str | None:
+    """Who a PID is, not only its number: the boot and the start time (a reused PID has another start time)."""
+    fields = _stat(pid)
+    if fields is None or fields[0] == "Z":
+        return None
+    return f"{_BOOT_ID}:{fields[19]}"
+
+
+def kill_process_group(pgid: int, identity: str | None) -> bool:
+    """SIGKILL the process group `pgid` if its leader is still the process recorded as `identity`."""
+    if not identity or process_identity(pgid) != identity:
+        return False
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        return False
+    return True
+
+
 def kill_job_processes(job: str, timeout: float = 5.0) -> list[int]:
     """SIGKILL every process group of the job (a job_marker), then wait until none is left; returns the PIDs found."""
     pids = job_processes(job)
@@ -182,11 +224,32 @@ def kill_job_processes(job: str, timeout: float = 5.0) -> list[int]:
 
 
 def _alive(pid: int) -> bool:
+    fields = _stat(pid)
+    return fields is not None and fields[0] != "Z"
+
+
+def _read_boot_id() -> str:
     try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split(") ", 1)[1][0] != "Z"
-    except (OSError, IndexError):
-        return False
+        with open("/proc/sys/kernel/random/boot_id") as fh:
+            return fh.read().strip()
+    except OSError:
+        return "unknown-boot"
+
+
+_BOOT_ID = _read_boot_id()
+
+
+def remove_run_dir(run_dir: Path) -> None:
+    """A job's private data dir holds nothing the database lacks, and may hold its environment
+    (runner's `command` artifact) and its extra vars: gone at every end of the job."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def secret_extra_vars(extra_vars: dict[str, Any], schema: dict[str, Any]) -> set[str]:
+    """Names of the extra vars that hold a secret: a name like a password's or token's, or `writeOnly` in the schema."""
+    props = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
+    return {k for k in extra_vars
+            if SECRET_KEY.search(k) or (isinstance(props.get(k), dict) and props[k].get("writeOnly") is True)}
 
 
 def slim_event(raw: dict[str, Any], redactor: Redactor) -> dict[str, Any]:
@@ -223,7 +286,7 @@ class JobManager:
         self.live: dict[int, LiveJob] = {}
         self._env_lock = threading.Lock()
         self._busy: dict[str, int] = {}
-        self._redactors: dict[str, tuple[float, Redactor]] = {}
+        self._redactors: dict[str, tuple[tuple[int, float], Redactor, set[bytes]]] = {}
         self._stopping = False
 
     def marker(self, job_id: int) -> str:
@@ -233,28 +296,55 @@ class JobManager:
     # ----- start-up ---------------------------------------------------------------------------
 
     def recover(self) -> list[int]:
-        """Mark jobs a previous console left queued or running as interrupted, and stop their processes."""
+        """Finish the jobs a crashed console left queued or running: stop their processes, mark them
+        interrupted, rebuild their grid from the stored events, and remove their run directories."""
         with self.sessions() as db:
             stale = db.scalars(select(Job).where(Job.status.in_(("queued", "running")))).all()
             for job in stale:
+                group = job.pgid is not None and kill_process_group(job.pgid, job.process_start)
                 killed = kill_job_processes(self.marker(job.id))
+                grid = Grid()
+                grid.plan(list((job.summary or {}).get("hosts") or []))  # the planner's list (_plan)
+                received = 0
+                for data in db.scalars(select(JobEvent.data).where(JobEvent.job_id == job.id)
+                                       .order_by(JobEvent.counter)):
+                    if isinstance(data, dict) and isinstance(data.get("event"), dict):
+                        grid.apply(data["event"])
+                        received += 1
+                grid.halt()
+                summary = {**grid.snapshot(), "events": received}
                 job.status = "interrupted"
                 job.finished_at = now()
+                job.summary = summary
                 job.explanation = "the console stopped while this job ran" + (
-                    f"; {len(killed)} leftover process(es) were killed" if killed else "")
+                    "; its playbook was still running and was killed" if group or killed else "")
+                _record_releases(db, job, summary)
+                remove_run_dir(self.config.runs_dir / str(job.id))
             db.commit()
             return [j.id for j in stale]
 
-    def shutdown(self, timeout: float = 20.0) -> list[int]:
-        """The console is stopping: stop every running job and mark it interrupted, not left running."""
+    def shutdown(self, timeout: float = 10.0) -> list[int]:
+        """The console is stopping: stop every running job, mark it interrupted, and end every event stream.
+
+        Called as soon as the signal arrives (cli.serve), before the web server waits for open responses:
+        a browser's event stream only ends with its job. Calling it again is harmless.
+        """
         self._stopping = True
         running = [j for j in list(self.live.values()) if not j.done.is_set()]
+        if running:
+            log.info("stopping: interrupting job(s) %s", [j.id for j in running])
         for job in running:
             job.canceled_by = "console shutdown"
             job.cancel_requested.set()
+            if job.pgid is not None:  # at once, not at runner's next look at the cancel flag
+                kill_process_group(job.pgid, job.process_start)
         deadline = time.monotonic() + timeout
         for job in running:
             job.done.wait(max(0.0, deadline - time.monotonic()))
+        for job in running:
+            if not job.done.is_set():  # stuck: the next start marks it interrupted; the server must not wait
+                log.error("job %s did not stop within %.0f s", job.id, timeout)
+                job.end_streams()
         return [j.id for j in running]
 
     # ----- launching --------------------------------------------------------------------------
@@ -273,25 +363,34 @@ class JobManager:
             return self.config.vault_password_file.read_text().strip()
         return self.config.vault_password_value
 
-    def redactor(self, env: Environment, action: Action) -> Redactor:
-        """Known secrets for this environment and playbook; rebuilt when a file there changed."""
-        roots = [env.inventory, action.playbook.parent / "group_vars", action.playbook.parent / "host_vars",
-                 action.playbook.parent / "vars", action.playbook]
-        roots = [r for r in roots if r.exists()]
-        stamp = max((p.stat().st_mtime for r in roots for p in ([r] if r.is_file() else r.rglob("*"))), default=0.0)
+    def redactor(self, env: Environment, action: Action) -> tuple[Redactor, set[bytes]]:
+        """Known secrets for this environment and playbook, and the vault plaintexts they came from.
+
+        Every vaulted file and inline string a play can load lives in the project (playbooks, their vars,
+        roles) or the inventory: all of it is read, not only the folders Ansible reads by name, since
+        `vars_files`, `include_vars` and role vars may point anywhere in it. What Ansible decrypts
+        beyond that, the vault guard refuses (fleetdeploy.console.playbook). Rebuilt when a file there changed.
+        """
+        roots = [r for r in (self.config.project_dir, env.inventory, action.playbook) if r.exists()]
+        skip = [self.config.data_dir]
+        files = walk_files(roots, skip)
+        stamp = (len(files), max((p.stat().st_mtime for p in files), default=0.0))
         key = f"{env.name}:{action.name}"
         hit = self._redactors.get(key)
         if hit and hit[0] == stamp:
-            return hit[1]
+            return hit[1], hit[2]
         values: set[str] = set(self.config.redact_values)
+        plaintexts: set[bytes] = set()
         password = self.vault_password()
         if password:
-            values |= vault_secret_values(roots, password)
+            found = vault_secrets(roots, password, skip)
+            values |= found.values
+            plaintexts = found.plaintexts
         if self.config.registry and (reg_pw := self.config.registry.password()):
             values.add(reg_pw)
         red = Redactor(values)
-        self._redactors[key] = (stamp, red)
-        return red
+        self._redactors[key] = (stamp, red, plaintexts)
+        return red, plaintexts
 
     def busy_job(self, environment: str) -> dict[str, Any] | None:
         job_id = self._busy.get(environment)
@@ -307,10 +406,13 @@ class JobManager:
             holder = self.busy_job(env.name)
             if holder:
                 raise Busy(holder)
+            secret = secret_extra_vars(extra_vars, action.extra_vars_schema)
+            # Stored and served with the secrets masked; the run gets them through a 0600 file, never argv.
+            shown = {k: MASK if k in secret else v for k, v in extra_vars.items()}
             with self.sessions() as db:
                 job = Job(environment=env.name, action=action.name, playbook=str(action.playbook),
                           release=release, service=action.service or extra_vars.get("service"),
-                          extra_vars=extra_vars, launched_by=user, status="queued", events_pruned=False)
+                          extra_vars=shown, launched_by=user, status="queued", events_pruned=False)
                 db.add(job)
                 db.flush()
                 if on_created:
@@ -320,8 +422,9 @@ class JobManager:
                                launched_by=user, created_at=job.created_at)
             self.live[live.id] = live
             self._busy[env.name] = live.id
-        threading.Thread(target=self._supervise, args=(live, env, action, extra_vars), name=f"job-{live.id}",
-                         daemon=True).start()
+        secret_values = {v for k in secret for v in scalars(extra_vars[k])}
+        threading.Thread(target=self._supervise, args=(live, env, action, extra_vars, secret_values),
+                         name=f"job-{live.id}", daemon=True).start()
         return live.id
 
     def cancel(self, job_id: int, user: str) -> bool:
@@ -335,19 +438,24 @@ class JobManager:
 
     # ----- one job ----------------------------------------------------------------------------
 
-    def _supervise(self, live: LiveJob, env: Environment, action: Action, extra_vars: dict[str, Any]) -> None:
+    def _supervise(self, live: LiveJob, env: Environment, action: Action, extra_vars: dict[str, Any],
+                   secret_values: set[str]) -> None:
         run_dir = self.config.runs_dir / str(live.id)
         ingester = threading.Thread(target=self._ingest, args=(live,), name=f"ingest-{live.id}", daemon=True)
         status, rc, explanation = "error", None, None
         try:
             run_dir.mkdir(parents=True, mode=0o700, exist_ok=True)
-            redactor = self.redactor(env, action)
-            live.redactor = redactor
+            redactor, plaintexts = self.redactor(env, action)
+            live.redactor = redactor.extended(secret_values)
             ingester.start()
             vault_cmd, passwords = self.vault_args()
             # runner 2.4 reads its settings from env/settings only; nothing secret is in them.
             (run_dir / "env").mkdir(mode=0o700, exist_ok=True)
             (run_dir / "env" / "settings").write_text(json.dumps(RUNNER_SETTINGS))
+            extravars_file = run_dir / "env" / "extravars"
+            if extra_vars:
+                # runner passes this file as `-e @file`: the values stay off every command line (ps).
+                _write_private(extravars_file, json.dumps(extra_vars).encode())
             # The venv's ansible-playbook first, whatever PATH the console was started with.
             envvars = {**self.config.envvars, JOB_MARKER: self.marker(live.id), "ANSIBLE_FORCE_COLOR": "1",
                        "ANSIBLE_NOCOLOR": "0", "PYTHONUNBUFFERED": "1",
@@ -356,12 +464,17 @@ class JobManager:
                        "FLEETDEPLOY_ACTOR": f"console:{live.launched_by}"}
             if self.config.ansible_config:
                 envvars["ANSIBLE_CONFIG"] = str(self.config.ansible_config)
+            if vault_cmd:
+                # The playbook may decrypt only what the redactor knows (fleetdeploy.console.playbook).
+                write_known(run_dir / "vault-known", plaintexts)
+                envvars[KNOWN_ENV] = str(run_dir / "vault-known")
             if live.cancel_requested.is_set():
                 raise _Canceled()
             self._set_status(live, "running")
             self.notifier.send(self._brief_for_notify(live))
             plan_vault = vault_cmd if self.config.vault_password_file else []
-            threading.Thread(target=self._plan, args=(live, env, action, extra_vars, plan_vault, envvars),
+            plan_vars = ["-e", f"@{extravars_file}"] if extra_vars else []
+            threading.Thread(target=self._plan, args=(live, env, action, plan_vars, plan_vault, envvars),
                              name=f"plan-{live.id}", daemon=True).start()
 
             def event_handler(event: dict[str, Any]) -> bool:
@@ -375,10 +488,10 @@ class JobManager:
             thread, runner = ansible_runner.run_async(
                 private_data_dir=str(run_dir),
                 project_dir=str(self.config.project_dir),
-                playbook=str(action.playbook),
+                # ansible-playbook behind the vault guard, from this venv: `python -m fleetdeploy.console.playbook`.
+                binary=sys.executable,
+                cmdline=shlex.join(["-m", PLAYBOOK_MODULE, *vault_cmd, str(action.playbook)]),
                 inventory=str(env.inventory),
-                extravars=extra_vars or None,
-                cmdline=" ".join(vault_cmd) or None,
                 envvars=envvars,
                 passwords=passwords or None,
                 suppress_output_file=True,
@@ -389,7 +502,14 @@ class JobManager:
                 status_handler=status_handler,
                 cancel_callback=live.cancel_requested.is_set,
             )
-            thread.join()
+            command_file = run_dir / "artifacts" / "run" / "command"
+            leader: int | None = None
+            while thread.is_alive():
+                thread.join(0.1)
+                if leader is None:
+                    leader = self._note_process_group(live)
+                    # runner's "command" artifact is a copy of the whole environment: gone as soon as written.
+                    command_file.unlink(missing_ok=True)
             rc = runner.rc
             status = {"successful": "successful", "canceled": "canceled", "timeout": "failed"}.get(
                 runner.status, "failed")
@@ -402,8 +522,7 @@ class JobManager:
             explanation = f"the console could not run the playbook: {type(exc).__name__}: {exc}"
         finally:
             survivors = kill_job_processes(self.marker(live.id))
-            # runner's "command" artifact is a copy of the whole environment: not worth keeping.
-            (run_dir / "artifacts" / "run" / "command").unlink(missing_ok=True)
+            remove_run_dir(run_dir)
             if survivors:
                 log.info("job %s: killed %d leftover process(es)", live.id, len(survivors))
             live.events.put(_END)
@@ -411,16 +530,30 @@ class JobManager:
                 ingester.join()
             self._finish(live, status, rc, explanation)
 
+    def _note_process_group(self, live: LiveJob) -> int | None:
+        """Find the playbook's process (runner's pexpect child: our child, leader of its own group) and record
+        its group and identity, so that a console restarted after a crash can stop it; None until it runs."""
+        me = os.getpid()
+        for pid in job_processes(self.marker(live.id)):
+            fields = _stat(pid)
+            if fields and int(fields[1]) == me and int(fields[2]) == pid:
+                identity = process_identity(pid)
+                live.pgid, live.process_start = pid, identity
+                with self.sessions() as db:
+                    db.execute(update(Job).where(Job.id == live.id).values(pgid=pid, process_start=identity))
+                    db.commit()
+                return pid
+        return None
+
     def _brief_for_notify(self, live: LiveJob) -> dict[str, Any]:
         return live.brief()
 
-    def _plan(self, live: LiveJob, env: Environment, action: Action, extra_vars: dict[str, Any],
+    def _plan(self, live: LiveJob, env: Environment, action: Action, extra_vars_args: list[str],
               vault_cmd: list[str], envvars: dict[str, str]) -> None:
         """Ask ansible-playbook which hosts the plays will touch, so the grid shows them as pending."""
         playbook_cmd = shutil.which("ansible-playbook", path=envvars["PATH"]) or "ansible-playbook"
-        cmd = [playbook_cmd, "--list-hosts", "-i", str(env.inventory), str(action.playbook), *vault_cmd]
-        if extra_vars:
-            cmd += ["-e", json.dumps(extra_vars)]
+        cmd = [playbook_cmd, "--list-hosts", "-i", str(env.inventory), str(action.playbook), *vault_cmd,
+               *extra_vars_args]
         envvars = {**os.environ, **envvars, "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_NOCOLOR": "1"}
         envvars.pop(JOB_MARKER, None)  # not part of the job: the sweep must not wait for it
         try:
@@ -443,7 +576,13 @@ class JobManager:
         if hosts and live.status not in FINAL:
             with live.lock:
                 live.grid.plan(hosts)
+                # Stored (in the summary's own shape) until the job ends, so that the grid of a job a crash
+                # cut short still lists every host (recover).
+                planned = {**live.grid.snapshot(), "events": live.received}
             live.publish({"type": "hosts", "hosts": hosts})
+            with self.sessions() as db:
+                db.execute(update(Job).where(Job.id == live.id, Job.status.not_in(FINAL)).values(summary=planned))
+                db.commit()
 
     def _ingest(self, live: LiveJob) -> None:
         """Drain the runner's queue: redact, fold into the grid, fan out, write to the database in batches."""
@@ -496,6 +635,7 @@ class JobManager:
         if self._stopping and status == "canceled" and live.canceled_by == "console shutdown":
             status, explanation = "interrupted", "the console was stopped while this job ran"
         with live.lock:
+            halted = live.grid.halt()
             summary = live.grid.snapshot()
         summary["events"] = live.received
         with self.sessions() as db:
@@ -507,25 +647,22 @@ class JobManager:
             job.summary = summary
             job.canceled_by = live.canceled_by if status == "canceled" else None
             job.explanation = explanation or ({"canceled": f"canceled by {live.canceled_by}"}.get(status))
-            # What each host said it serves, whatever the job's outcome (a failed swap reports the old release).
-            for host, services in summary["releases"].items():
-                for service, release in services.items():
-                    db.merge(Release(environment=job.environment, service=service, host=host,
-                                     release=release, job_id=job.id, updated_at=now()))
+            _record_releases(db, job, summary)
             db.commit()
             brief = job_dict(job)
         live.status = status
         live.publish({"type": "status", "status": status, "rc": rc, "explanation": brief["explanation"],
-                      "recap": summary["recap"], "results": summary["results"]})
+                      "recap": summary["recap"], "results": summary["results"], "cells": halted})
         live.publish({"type": "end"})
         with self._env_lock:
             if self._busy.get(live.environment) == live.id:
                 del self._busy[live.environment]
         live.done.set()
-        with live.lock:
-            for sub in live.subscribers:
-                sub.push(None)
+        live.end_streams()
         self.notifier.send(brief)
+        if self._stopping:
+            log.info("job %s ended %s", live.id, status)
+            return  # no pruning and no timer: the process is about to exit
         try:
             self.prune()
         except Exception:
@@ -555,6 +692,21 @@ class JobManager:
         for job_id in old:
             shutil.rmtree(self.config.runs_dir / str(job_id), ignore_errors=True)
         return list(old)
+
+
+def _record_releases(db: Session, job: Job, summary: dict[str, Any]) -> None:
+    """What each host said it serves, whatever the job's outcome (a failed swap reports the old release)."""
+    for host, services in summary["releases"].items():
+        for service, release in services.items():
+            db.merge(Release(environment=job.environment, service=service, host=host,
+                             release=release, job_id=job.id, updated_at=now()))
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write a file only the console's user can read, created so from the start (no window at 0644)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
 
 
 def _is_prompt(event: dict[str, Any]) -> bool:

@@ -3,26 +3,30 @@
 Three layers, because any one of them can be missed by a playbook author:
 1. results of `no_log` tasks are dropped whole (Ansible censors them too; we do not rely on it);
 2. values under keys that name a secret (password, token, ...) are masked wherever they appear;
-3. every literal secret the console knows (the values in the environment's vault files and inline
-   `!vault` strings, the vault password, configured extras) is replaced in every string.
+3. every literal secret the console knows (the values in the project's and the inventory's vault files
+   and inline `!vault` strings, the vault password, configured extras, the job's secret extra vars) is
+   replaced in every string. fleetdeploy.console.playbook refuses any vault value beyond those.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
 
 MASK = "********"
-_SECRET_KEY = re.compile(r"pass(word|wd|phrase)?$|secret|token|private_key|api_key|credential|vault", re.I)
+SECRET_KEY = re.compile(r"pass(word|wd|phrase)?$|secret|token|private_key|api_key|credential|vault", re.I)
 # Keys of an event that carry nothing the console shows and may carry the environment or arguments.
 _DROP_KEYS = {"invocation", "env", "environment", "_ansible_verbose_always", "_ansible_verbose_override"}
 _INLINE_VAULT = re.compile(r"!vault\s*\|[-+]?\s*\n((?:[ \t]+\S.*\n?)+)")
 _MIN_SECRET = 4  # shorter values would mask ordinary words in the log
+_MAX_VAULT_FILE = 4 * 1024 * 1024
 
 MAX_STDOUT = 16 * 1024
 
@@ -34,6 +38,10 @@ class Redactor:
         self._values = sorted(values, key=len, reverse=True)
         self._pattern = re.compile("|".join(re.escape(v) for v in self._values)) if self._values else None
 
+    def extended(self, secrets: Iterable[str]) -> "Redactor":
+        """This redactor and some more values (a job's secret extra vars)."""
+        return Redactor([*self._values, *secrets])
+
     @property
     def known(self) -> int:
         return len(self._values)
@@ -42,7 +50,7 @@ class Redactor:
         return self._pattern.sub(MASK, value) if self._pattern else value
 
     def value(self, value: Any, key: str | None = None) -> Any:
-        if key is not None and _SECRET_KEY.search(key) and isinstance(value, (str, int, float)) and value != "":
+        if key is not None and SECRET_KEY.search(key) and isinstance(value, (str, int, float)) and value != "":
             return MASK
         if isinstance(value, str):
             return self.text(value)
@@ -55,46 +63,92 @@ class Redactor:
         return value
 
 
-def vault_secret_values(paths: Iterable[Path], password: str) -> set[str]:
-    """Decrypt every vault file and inline vault string under `paths` and return the secret scalars."""
+def scalars(data: Any) -> Iterable[str]:
+    """Every string, number or leaf of a value, as text (booleans are no secret)."""
+    if isinstance(data, dict):
+        for v in data.values():
+            yield from scalars(v)
+    elif isinstance(data, (list, tuple)):
+        for v in data:
+            yield from scalars(v)
+    elif isinstance(data, (str, int, float)) and not isinstance(data, bool):
+        yield str(data)
+
+
+@dataclass
+class VaultFindings:
+    """What the vaulted files and inline strings under some folders hold once decrypted."""
+
+    # The secret scalars to mask (and the vault password itself).
+    values: set[str] = field(default_factory=set)
+    # Each decrypted plaintext whole, exactly as Ansible decrypts it: what the vault guard compares against.
+    plaintexts: set[bytes] = field(default_factory=set)
+    # Files whose vault values could not be decrypted with the console's password (another vault id).
+    undecryptable: list[Path] = field(default_factory=list)
+
+
+def walk_files(roots: Iterable[Path], skip: Iterable[Path] = ()) -> list[Path]:
+    """Every file under `roots` (files are taken as they are), leaving out hidden folders and `skip`."""
+    skipped = {p.resolve() for p in skip}
+    seen: set[Path] = set()
+    out: list[Path] = []
+    for root in roots:
+        if root.is_file():
+            candidates = [root]
+        else:
+            candidates = []
+            for folder, dirs, files in os.walk(root):
+                dirs[:] = [d for d in dirs if not d.startswith(".") and Path(folder, d).resolve() not in skipped]
+                candidates += [Path(folder, f) for f in files]
+        for path in candidates:
+            real = path.resolve()
+            if real not in seen and real.is_file():
+                seen.add(real)
+                out.append(path)
+    return out
+
+
+def vault_secrets(paths: Iterable[Path], password: str, skip: Iterable[Path] = ()) -> VaultFindings:
+    """Decrypt every vault file and inline vault string under `paths`: the secret scalars and the plaintexts."""
     from ansible.parsing.vault import VaultLib, VaultSecret  # heavy: imported only when a vault is configured
     import yaml
 
     vault = VaultLib([("default", VaultSecret(password.encode()))])
-    found: set[str] = {password}
-
-    def scalars(data: Any) -> Iterable[str]:
-        if isinstance(data, dict):
-            for v in data.values():
-                yield from scalars(v)
-        elif isinstance(data, list):
-            for v in data:
-                yield from scalars(v)
-        elif isinstance(data, (str, int, float)) and not isinstance(data, bool):
-            yield str(data)
-
-    for root in paths:
-        files = [root] if root.is_file() else [p for p in root.rglob("*") if p.is_file()]
-        for path in files:
-            if path.suffix not in {"", ".yml", ".yaml", ".json"} or path.stat().st_size > 1024 * 1024:
+    found = VaultFindings(values={password})
+    for path in walk_files(paths, skip):
+        try:
+            if path.stat().st_size > _MAX_VAULT_FILE:
                 continue
+            raw = path.read_bytes()
+        except OSError:
+            continue
+        chunks: list[bytes] = []
+        if raw.startswith(b"$ANSIBLE_VAULT;"):
+            chunks.append(raw)  # any file: a vaulted key or certificate is copied with `decrypt: true`
+        elif b"!vault" in raw:
+            text = raw.decode(errors="replace")
+            chunks += [re.sub(r"^[ \t]+", "", m.group(1), flags=re.M).encode() for m in _INLINE_VAULT.finditer(text)]
+        for chunk in chunks:
             try:
-                text = path.read_text()
-            except (OSError, UnicodeDecodeError):
+                plain = vault.decrypt(chunk.strip())
+            except Exception as exc:  # a file for another vault id: nothing we can mask
+                log.warning("could not decrypt a vault value in %s: %s", path, type(exc).__name__)
+                found.undecryptable.append(path)
                 continue
-            chunks: list[str] = []
-            if text.startswith("$ANSIBLE_VAULT;"):
-                chunks.append(text)
-            chunks += [re.sub(r"^[ \t]+", "", m.group(1), flags=re.M) for m in _INLINE_VAULT.finditer(text)]
-            for chunk in chunks:
-                try:
-                    plain = vault.decrypt(chunk.strip()).decode()
-                except Exception as exc:  # a file for another vault id: nothing we can mask
-                    log.warning("could not decrypt a vault value in %s: %s", path, type(exc).__name__)
-                    continue
-                found.add(plain.strip())
-                try:
-                    found.update(scalars(yaml.safe_load(plain)))
-                except yaml.YAMLError:
-                    pass
-    return {v for v in found if len(v) >= _MIN_SECRET}
+            found.plaintexts.add(bytes(plain))
+            try:
+                text = plain.decode()
+            except UnicodeDecodeError:
+                continue  # binary: the guard knows it, there is no text to mask
+            found.values.add(text.strip())
+            try:
+                found.values.update(scalars(yaml.safe_load(text)))
+            except yaml.YAMLError:
+                pass
+    found.values = {v for v in found.values if len(v) >= _MIN_SECRET}
+    return found
+
+
+def vault_secret_values(paths: Iterable[Path], password: str) -> set[str]:
+    """The secret scalars of every vault file and inline vault string under `paths`."""
+    return vault_secrets(paths, password).values

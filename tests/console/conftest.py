@@ -35,6 +35,9 @@ SECRETS = {
     "vault_inline_token": "inl1ne-t0ken-Zr8Kq",
     "vault_password": VAULT_PASSWORD,
     "registry_password": "registry-Pass-9vLm",
+    # Vaulted where the redactor once did not look: a vars file beside the playbooks, a role's variable.
+    "vault_extra_secret": "extra-Vaulted-Canary-7731",
+    "fixture_secrets_token": "role-Vaulted-Canary-5518",
 }
 REPOSITORY = "fleetdeploy/web"
 TAGS = ["v1.0.0", "v1.1.0", "v1.2.0", "v1.3.0", "v2.0.0"]
@@ -151,6 +154,8 @@ def write_config(root: Path, registry_url: str, webhook_url: str | None) -> Path
             "rollback": {"playbook": "playbooks/rollback.yml", "service": "web",
                          "release": {"variable": "release", "repository": REPOSITORY, "required": False}},
             "soak": {"playbook": "playbooks/long.yml", "role": "deployer", "description": "Sleep on every host"},
+            "secrets": {"playbook": "playbooks/secrets.yml", "role": "deployer",
+                        "description": "Print secrets from outside the inventory"},
         },
         "retention": {"days": 30, "jobs": 100},
         # The tests' "nginx" connects from PROXY; a direct client (127.0.0.1) has its X-Forwarded-* ignored.
@@ -191,10 +196,10 @@ def process_environ(pid: int) -> bytes:
         return b""  # the process ended meanwhile
 
 
-def wait_for_long_task(config: Path, job_id: int, timeout: float = 60) -> None:
-    """Wait until the soak playbook's `sleep 90` runs among the job's processes."""
+def wait_for_long_task(config: Path, job_id: int, timeout: float = 60, command: str = "sleep 90") -> None:
+    """Wait until the soak playbook's `sleep 90` (or `command`) runs among the job's processes."""
     deadline = time.monotonic() + timeout
-    while not any(process_cmdline(p).startswith("sleep 90") for p in job_processes(config, job_id)):
+    while not any(process_cmdline(p).startswith(command) for p in job_processes(config, job_id)):
         assert time.monotonic() < deadline, f"job {job_id} never started its long task"
         time.sleep(0.1)
 

@@ -72,6 +72,14 @@ def test_slim_event_keeps_what_the_view_needs_and_masks_the_rest() -> None:
     assert slim["event_data"] == {"host": "web1", "task": "T", "res": {"changed": True, "msg": "m"}}
 
 
+def test_secret_extra_vars_are_told_by_their_name_or_write_only_in_the_schema() -> None:
+    from fleetdeploy.console.jobs import secret_extra_vars
+
+    schema = {"type": "object", "properties": {"pin": {"type": "string", "writeOnly": True}, "release": {}}}
+    extra = {"api_token": "t", "db_password": "p", "pin": "1234", "release": "v1", "batch": 2}
+    assert secret_extra_vars(extra, schema) == {"api_token", "db_password", "pin"}
+
+
 def test_vault_values_are_found_in_vault_files_and_inline_strings() -> None:
     found = vault_secret_values([FIXTURES / "inventories" / "fleet"], VAULT_PASSWORD)
     assert {SECRETS["vault_fixture_secret"], SECRETS["vault_inline_token"], VAULT_PASSWORD} <= found

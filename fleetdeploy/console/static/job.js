@@ -101,6 +101,7 @@
         setStatus(msg.status, msg.explanation);
         if (msg.results) state.results = msg.results;
         if (msg.recap) recap(msg.recap);
+        if (msg.cells) msg.cells.forEach((c) => state.cells.set(c.host + "\u0000" + c.col, c));
         break;
       case "event":
         if (msg.column) state.columns[msg.column.index] = msg.column;
