@@ -105,6 +105,7 @@ class Lab:
         events: list[dict] = []
         private = self.root / "runner"
         shutil.rmtree(private, ignore_errors=True)
+        private.mkdir()
         runner = ansible_runner.run(
             private_data_dir=str(private), project_dir=str(REPO), playbook=path, inventory=str(self.inventory),
             limit=limit, extravars=extra_vars, cmdline=f"--vault-password-file {self.vault_password_file}",
