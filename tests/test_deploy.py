@@ -3,6 +3,10 @@
 The lab (lab_name fdci, LB on 127.0.0.1:28080) has no monitor host; it starts with three app hosts and
 grows to four under load. The one-host case is app1 serving alone (the others out of HAProxy) and
 swapped without any help from the load balancer. All traffic goes to 127.0.0.1.
+
+The lab's inventory is the local environment's group_vars plus a vault.yml of its own, encrypted with
+ansible-vault: the demo service's secret environment holds a canary, a random value that must reach the
+service's containers and no output, event or stored row on the way.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import time
@@ -17,6 +22,7 @@ from pathlib import Path
 
 import docker
 import pytest
+import yaml
 
 from console_server import CONSOLE, Server, chromium_page, sign_in, start_server
 from fleetdeploy.loadgen import LoadGenerator, Result
@@ -30,6 +36,8 @@ HTTP_PORT = slot_port(28080)
 REGISTRY_PORT = slot_port(25443)
 UNHEALTHY_BUILD = "tests/fixtures/unhealthy_demo/build.yml"
 RATE = 60  # requests per second, over keep-alive connections, a quarter of them POSTs
+# The demo service's secret variable in the lab's vault.yml; no name the console's redactor masks by its key.
+CANARY_VARIABLE = "DEMO_CANARY"
 
 
 class Lab:
@@ -37,6 +45,36 @@ class Lab:
         self.root = root
         self.inventory = root / "inventory"
         self.client = docker.from_env()
+        self.vault_password_file = root / "vault-password"
+        self.canary = f"fdcanary-{secrets.token_hex(16)}"
+
+    def write_inventory(self) -> None:
+        """The local environment's group_vars, file by file (a developer's own vault.yml left out), and a
+        vault.yml encrypted with a password of the lab's own, holding the canary as the demo's secret."""
+        local = REPO / "inventories" / "local" / "group_vars"
+        for source in sorted(local.rglob("*")):
+            if source.is_file() and source.name != "vault.yml":
+                target = self.inventory / "group_vars" / source.relative_to(local)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.symlink_to(source)
+        self.vault_password_file.write_text(secrets.token_urlsafe(24) + "\n")
+        plain = yaml.safe_dump({"vault_deploy_secrets": {"demo": {CANARY_VARIABLE: self.canary}}})
+        encrypted = subprocess.run([str(VENV_BIN / "ansible-vault"), "encrypt", "--vault-password-file",
+                                    str(self.vault_password_file), "--output", "-", "-"],
+                                   input=plain, capture_output=True, text=True, env=env(), timeout=120, check=False)
+        assert encrypted.returncode == 0, encrypted.stderr
+        (self.inventory / "group_vars" / "all" / "vault.yml").write_text(encrypted.stdout)
+
+    def canary_lines(self, text: str) -> list[str]:
+        """The lines that hold the canary, the canary masked: a failing assert shows where, never the value."""
+        return [line.replace(self.canary, "<canary>") for line in text.splitlines() if self.canary in line]
+
+    def container_has_canary(self, host: str, service: str = "demo") -> bool:
+        """Whether the service's running container on the host has the canary in its environment."""
+        name = self.exec(host, "docker", "ps", "--filter", f"label=org.fleetdeploy.service={service}",
+                         "--format", "{{.Names}}").split()[0]
+        environment = self.exec(host, "docker", "exec", name, "env").splitlines()
+        return f"{CANARY_VARIABLE}={self.canary}" in environment
 
     def lab_vars(self, app_hosts: int) -> dict[str, object]:
         return {
@@ -57,11 +95,29 @@ class Lab:
     def play(self, path: str, *args: str, **extra_vars: object) -> Run:
         # Facts are cached by host name, and the dev lab has an app1 too: this lab keeps its own cache.
         return playbook(path, "-i", str(self.inventory), *args, extra_vars=extra_vars or None,
-                        FLEETDEPLOY_ACTOR="pytest", ANSIBLE_CACHE_PLUGIN_CONNECTION=str(self.root / "facts"))
+                        FLEETDEPLOY_ACTOR="pytest", ANSIBLE_CACHE_PLUGIN_CONNECTION=str(self.root / "facts"),
+                        ANSIBLE_VAULT_PASSWORD_FILE=str(self.vault_password_file))
 
-    def grow(self, app_hosts: int) -> None:
+    def run_through_runner(self, path: str, limit: str, **extra_vars: object) -> tuple[str, list[dict]]:
+        """The playbook as the console runs it: ansible_runner.run at the default verbosity, with the vault
+        password as a file. Returns runner's status and every event it raised (also kept in its artifacts)."""
+        import ansible_runner
+
+        events: list[dict] = []
+        private = self.root / "runner"
+        shutil.rmtree(private, ignore_errors=True)
+        private.mkdir()
+        runner = ansible_runner.run(
+            private_data_dir=str(private), project_dir=str(REPO), playbook=path, inventory=str(self.inventory),
+            limit=limit, extravars=extra_vars, cmdline=f"--vault-password-file {self.vault_password_file}",
+            envvars={"PATH": env()["PATH"], "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "FLEETDEPLOY_ACTOR": "pytest",
+                     "ANSIBLE_CACHE_PLUGIN_CONNECTION": str(self.root / "facts")},
+            quiet=True, event_handler=lambda event: events.append(event) or True)
+        return runner.status, events
+
+    def grow(self, app_hosts: int, *site_args: str) -> Run:
         playbook("playbooks/lab.yml", extra_vars=self.lab_vars(app_hosts)).check()
-        self.play("site.yml").check()
+        return self.play("site.yml", *site_args).check()
 
     def exec(self, host: str, *cmd: str) -> str:
         container = self.client.containers.get(f"{LAB}-lab-{host}")
@@ -105,6 +161,7 @@ class Lab:
             "ansible_config": str(REPO / "ansible.cfg"),
             "envvars": {"ANSIBLE_CACHE_PLUGIN_CONNECTION": str(self.root / "facts")},
             "environments": {LAB: {"inventory": str(self.inventory), "description": "the deploy tests' lab"}},
+            "vault": {"password_file": str(self.vault_password_file)},
             "actions": {"deploy": {"playbook": "deploy.yml", "service": "demo",
                                    "release": {"variable": "release", "repository": "demo"}}},
             "registry": {"url": f"https://127.0.0.1:{REGISTRY_PORT}", "username": "fleetdeploy",
@@ -129,8 +186,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("deploylab")
     lab = Lab(root)
     lab.inventory.mkdir()
-    # The test lab uses the local environment's group_vars, exactly as `make lab` does.
-    os.symlink(REPO / "inventories" / "local" / "group_vars", lab.inventory / "group_vars")
+    # The test lab uses the local environment's group_vars, as `make lab` does, and a vault.yml of its own.
+    lab.write_inventory()
     playbook("playbooks/lab_destroy.yml", extra_vars=lab.lab_vars(1)).check()
     lab.grow(3)
     for release in ("v1", "v2"):
@@ -191,7 +248,9 @@ def test_one_host_serving_alone_deploys_with_zero_failed_requests(lab: Lab) -> N
 def test_a_deploy_launched_in_the_console_rolls_the_lab_host_by_host(lab: Lab, tmp_path: Path) -> None:
     """The console end to end in Chromium: sign in, pick a release the lab's registry holds, launch the
     real deploy.yml, watch the app hosts' rows turn green, and read each host's release on the dashboard.
-    app1 runs v2 after the one-host test, app2 and app3 v1; the deploy puts v1 everywhere, under load."""
+    app1 runs v2 after the one-host test, app2 and app3 v1; the deploy puts v1 everywhere, under load.
+    The demo's vault secret reaches app1's new container, and no file of the console (its database, its
+    runs' artifacts, its log, the browser's cache) nor any page or API answer it served holds it."""
     from playwright.sync_api import Page, expect
 
     password = "deployer-password-1234"
@@ -206,6 +265,7 @@ def test_a_deploy_launched_in_the_console_rolls_the_lab_host_by_host(lab: Lab, t
             page.select_option("select[name=release]", "v1")
             page.click("#launch-button")
             expect(page).to_have_url(re.compile(r"/jobs/\d+$"))
+            job = page.url.rsplit("/", 1)[1]
             expect(page.locator("#grid td.cell.running").first).to_be_visible()
             expect(page.locator("#job-status")).to_have_text("successful", timeout=900_000)
             for host in ("app1", "app2", "app3"):
@@ -221,11 +281,53 @@ def test_a_deploy_launched_in_the_console_rolls_the_lab_host_by_host(lab: Lab, t
                 row = releases.locator("tr", has=page.locator("td", has_text=re.compile(f"^{host}$")))
                 expect(row.locator("td.release")).to_have_text("v1")
             expect(releases.locator("td", has_text="ops1")).to_have_count(0)
+            served = {path: page.request.get(f"{console.url}{path}").text() for path in (
+                "/", "/jobs", f"/jobs/{job}", "/api/jobs", f"/api/jobs/{job}", f"/api/jobs/{job}/events")}
     finally:
         console.stop()
+    assert all(len(text) > 100 for text in served.values()), {path: len(text) for path, text in served.items()}
+    assert [path for path, text in served.items() if lab.canary in text] == []
+    assert lab.container_has_canary("app1")
+    stored = [str(f.relative_to(tmp_path)) for f in tmp_path.rglob("*") if f.is_file() and lab.canary.encode() in f.read_bytes()]
+    assert stored == [], "the console stored the secret"
+    assert (tmp_path / "data").is_dir() and any((tmp_path / "data").rglob("*.db*")), "no database file looked at"
     assert_no_failures(load.result)
     assert [lab.release_on(h) for h in lab.app_hosts()] == ["v1", "v1", "v1"]
     assert lab.record("app1")["history"][0]["user"] == "console:deployer"
+
+
+def test_a_services_vault_secret_reaches_its_container_and_no_output_or_event(lab: Lab) -> None:
+    """The demo's secret travels vault -> playbooks -> a 0600 env file -> the container, and shows in no line
+    of deploy.yml and rollback.yml at -vvv nor in any event of ansible-runner (how the console runs them).
+    A service that still carries its secrets in deploy_services (secret_env) is refused before anything
+    changes, without showing them. After the console's deploy every host runs v1; each run here swaps app1
+    (v1 -> v2 -> v1 -> v2), and the fleet's records end as the console's deploy left them but for app1 on v2."""
+    services = yaml.safe_load((REPO / "inventories" / "local" / "group_vars" / "all" / "services.yml").read_text())
+    old_style = [dict(service, secret_env={CANARY_VARIABLE: lab.canary}) for service in services["deploy_services"]]
+    refused = lab.play("deploy.yml", "-vvv", "--limit", "app1,ops1", release="v2", deploy_services=old_style)
+    assert refused.returncode != 0
+    assert "still carry secret_env" in refused.output and "vault_deploy_secrets" in refused.output
+    assert set(refused.recap()) == {"ops1"}, "no app host may be touched"
+    assert lab.canary_lines(refused.output) == []
+
+    for path, args in (("deploy.yml", {"release": "v2"}), ("rollback.yml", {})):
+        run = lab.play(path, "-vvv", "--limit", "app1,ops1", **args)
+        assert run.returncode == 0, f"{path} failed:\n" + run.output[-6000:].replace(lab.canary, "<canary>")
+        assert run.recap()["app1"]["changed"] > 0, f"{path} did not swap app1"
+        assert lab.canary_lines(run.output) == [], f"{path} -vvv shows the secret"
+        assert lab.container_has_canary("app1"), f"after {path}, app1's demo container lacks its secret"
+    assert lab.exec("app1", "stat", "-c", "%a %U", "/etc/fleetdeploy/env/demo.env").split() == ["600", "root"]
+
+    status, events = lab.run_through_runner("deploy.yml", "app1,ops1", release="v2")
+    assert status == "successful"
+    assert any(e.get("event") == "runner_on_ok" and e["event_data"].get("host") == "app1"
+               and e["event_data"].get("res", {}).get("changed") for e in events), "the runner's deploy swapped nothing"
+    leaking = [f"{e.get('event')} {e.get('event_data', {}).get('task', '')}" for e in events
+               if lab.canary in json.dumps(e)]
+    assert leaking == [], f"{len(leaking)} of {len(events)} runner events hold the secret"
+    artifacts = [str(f) for f in (lab.root / "runner").rglob("*") if f.is_file() and lab.canary.encode() in f.read_bytes()]
+    assert artifacts == []
+    assert lab.container_has_canary("app1") and lab.release_on("app1") == "v2"
 
 
 def test_three_hosts_go_from_v1_to_v2_with_zero_failed_requests(lab: Lab) -> None:
@@ -263,7 +365,8 @@ def test_nginx_refusing_a_new_upstream_gets_the_old_one_back_and_keeps_serving(l
     refused = run_command([str(VENV_BIN / "ansible"), "app1", "-i", str(lab.inventory), "--become",
                            "-M", str(role / "library"), "-m", "fleetdeploy_nginx_upstream",
                            "-a", json.dumps({"path": upstream, "content": "upstream fd_demo { no_such_directive; }\n"})],
-                          ANSIBLE_MODULE_UTILS=str(role / "module_utils"))
+                          ANSIBLE_MODULE_UTILS=str(role / "module_utils"),
+                          ANSIBLE_VAULT_PASSWORD_FILE=str(lab.vault_password_file))
     assert refused.returncode != 0
     assert "nginx -t refused the new" in refused.output and "no_such_directive" in refused.output, refused.output
     assert lab.exec("app1", "cat", upstream) == before
@@ -367,14 +470,18 @@ def test_rollback_returns_the_fleet_to_the_previous_release_without_a_gap(lab: L
 
 
 def test_growing_from_three_to_four_hosts_under_load(lab: Lab) -> None:
+    """site.yml provisions app4 and swaps it to the fleet's release (at -vvv: the demo's vault secret reaches
+    app4's container and no line of the output)."""
     before = lab.audit()
     with LoadGenerator("127.0.0.1", HTTP_PORT, rate=RATE) as load:
-        lab.grow(4)
+        site = lab.grow(4, "-vvv")
     assert_no_failures(load.result)
     # site.yml's run is audited: who ran it, when, on which hosts, and how it ended.
     assert_one_audit_record(lab, before, "site", "ok", {host: "ok" for host in lab.hosts()})
     # The fleet's current release, which the rollback before this test made v1 again.
     assert lab.release_on("app4") == "v1"
+    assert lab.container_has_canary("app4"), "app4's demo container lacks its secret"
+    assert lab.canary_lines(site.output) == [], "site.yml -vvv shows the secret"
     seen = set()
     for _ in range(40):
         seen.add(json.loads(lab.exec("lb1", "curl", "-sS", "http://127.0.0.1:8080/"))["host"])

@@ -2,7 +2,8 @@
 
 Three layers, because any one of them can be missed by a playbook author:
 1. results of `no_log` tasks are dropped whole (Ansible censors them too; we do not rely on it);
-2. values under keys that name a secret (password, token, ...) are masked wherever they appear;
+2. values under keys that name a secret (password, token, secret_env, deploy_secrets, ...) are masked
+   wherever they appear, every scalar of a mapping or list under such a key too;
 3. every literal secret the console knows (the values in the project's and the inventory's vault files
    and inline `!vault` strings, the vault password, configured extras, the job's secret extra vars) is
    replaced in every string. fleetdeploy.console.playbook refuses any vault value beyond those.
@@ -50,8 +51,8 @@ class Redactor:
         return self._pattern.sub(MASK, value) if self._pattern else value
 
     def value(self, value: Any, key: str | None = None) -> Any:
-        if key is not None and SECRET_KEY.search(key) and isinstance(value, (str, int, float)) and value != "":
-            return MASK
+        if key is not None and SECRET_KEY.search(key):
+            return _masked(value)
         if isinstance(value, str):
             return self.text(value)
         if isinstance(value, dict):
@@ -61,6 +62,17 @@ class Redactor:
         if isinstance(value, (list, tuple)):
             return [self.value(v) for v in value]
         return value
+
+
+def _masked(value: Any) -> Any:
+    """A value under a secret's key: every scalar in it masked, the shape kept."""
+    if isinstance(value, dict):
+        return {k: _masked(v) for k, v in value.items() if k not in _DROP_KEYS}
+    if isinstance(value, (list, tuple)):
+        return [_masked(v) for v in value]
+    if isinstance(value, (str, int, float)) and value != "":
+        return MASK
+    return value
 
 
 def scalars(data: Any) -> Iterable[str]:

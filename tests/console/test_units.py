@@ -59,6 +59,10 @@ def test_redactor_masks_known_values_secret_keys_and_no_log_results() -> None:
     assert out["stdout"] == f"password is {MASK}, abc"
     assert out["res"] == {"db_password": MASK, "api_token": MASK, "nested": [{"msg": MASK}]}
     assert "hunter2-long" not in str(out["other"])
+    # A mapping under a secret's key (a service's secret_env, deploy_secrets) is masked whole, its shape kept.
+    nested = red.value({"res": {"secret_env": {"DATABASE_URL": "postgres://u:p@db/x"},
+                                "deploy_secrets": {"demo": {"API_KEY": "k-12345", "PORT": 5}}}})
+    assert nested["res"] == {"secret_env": {"DATABASE_URL": MASK}, "deploy_secrets": {"demo": {"API_KEY": MASK, "PORT": MASK}}}
 
 
 def test_slim_event_keeps_what_the_view_needs_and_masks_the_rest() -> None:
