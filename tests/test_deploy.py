@@ -358,6 +358,36 @@ def test_a_redeploy_of_the_same_release_changes_nothing(lab: Lab) -> None:
     }, run.output[-3000:]
 
 
+def test_the_deployed_containers_run_read_only_with_limits_and_a_health_check(lab: Lab) -> None:
+    """What docker-bench-security checks of the containers the deploy started (4.6, 5.13, 5.25, 5.26,
+    5.27, 5.29; docs/security.md): a read-only root with a tmpfs /tmp, a PIDs limit, no capabilities, no
+    new privileges, and the image's HEALTHCHECK, which Docker reports healthy."""
+    for host in lab.app_hosts():
+        name = lab.exec(host, "docker", "ps", "--filter", "label=org.fleetdeploy.service=demo",
+                        "--format", "{{.Names}}").strip()
+        (container,) = json.loads(lab.exec(host, "docker", "inspect", name))
+        settings = container["HostConfig"]
+        seen = {
+            "ReadonlyRootfs": settings["ReadonlyRootfs"],
+            "Tmpfs": sorted(settings.get("Tmpfs") or {}),
+            "PidsLimit": settings.get("PidsLimit"),
+            "CapDrop": settings.get("CapDrop"),
+            "SecurityOpt": settings.get("SecurityOpt"),
+            "Healthcheck": (container["Config"].get("Healthcheck") or {}).get("Test", [""])[0],
+        }
+        assert seen == {"ReadonlyRootfs": True, "Tmpfs": ["/tmp"], "PidsLimit": 2048, "CapDrop": ["ALL"],
+                        "SecurityOpt": ["no-new-privileges:true"], "Healthcheck": "CMD"}, (host, seen)
+        # Docker's first probe runs one interval after the start: wait for its verdict.
+        health = "starting"
+        for _ in range(120):
+            health = lab.exec(host, "docker", "inspect", "-f", "{{if .State.Health}}{{.State.Health.Status}}{{end}}",
+                              name).strip()
+            if health != "starting":
+                break
+            time.sleep(1)
+        assert health == "healthy", (host, health)
+
+
 def test_nginx_refusing_a_new_upstream_gets_the_old_one_back_and_keeps_serving(lab: Lab) -> None:
     upstream = "/etc/nginx/fleetdeploy/upstreams/demo.conf"
     before = lab.exec("app1", "cat", upstream)
@@ -432,6 +462,16 @@ def test_a_mistyped_release_fails_fast_and_changes_nothing(lab: Lab) -> None:
     # Fast by construction rather than by a clock: the registry's answer is final, so nothing waits and asks again.
     assert "FAILED - RETRYING" not in run.output
     assert [lab.release_on(h) for h in lab.app_hosts()] == ["v2", "v2", "v2"]
+
+
+def test_a_bad_container_setting_fails_the_preflight_and_changes_nothing(lab: Lab) -> None:
+    services = yaml.safe_load((REPO / "inventories" / "local" / "group_vars" / "all" / "services.yml").read_text())
+    bad = [dict(services["deploy_services"][0], pids_limit=0)]
+    run = lab.play("deploy.yml", release="v2", deploy_services=bad)
+    assert run.returncode != 0
+    message = " ".join(run.output.split())
+    assert "Service demo has a bad container setting" in message and "'pids_limit': 0" in message, run.output[-3000:]
+    assert set(run.recap()) == {"ops1"}, "no app host may be touched"
 
 
 def test_the_deploy_lock_refuses_a_second_deploy_and_expires(lab: Lab) -> None:

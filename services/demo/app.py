@@ -3,7 +3,8 @@
 GET / returns its release and host, GET /version the release, GET /healthz its health,
 POST /echo echoes the body. On SIGTERM it stops accepting connections and finishes the
 requests already in flight, so a deploy that stops it loses nothing.
-Configured only by environment variables, like every service fleetdeploy runs.
+Configured only by environment variables, like every service fleetdeploy runs. It writes no files,
+so it runs on a read-only root filesystem. `app.py --healthcheck` is the image's HEALTHCHECK.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import json
 import os
 import signal
 import socket
+import sys
 import threading
+from http.client import HTTPConnection
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 RELEASE = os.environ.get("DEMO_RELEASE", "unknown")
@@ -80,7 +83,21 @@ class Server(ThreadingHTTPServer):
         self.draining = threading.Event()
 
 
+def healthcheck() -> int:
+    """Docker's HEALTHCHECK, run inside the container: 0 when GET /healthz answers 200, else 1."""
+    connection = HTTPConnection("127.0.0.1", PORT, timeout=3)  # direct: no proxy from the environment
+    try:
+        connection.request("GET", "/healthz")
+        return 0 if connection.getresponse().status == 200 else 1
+    except OSError:  # refused or timed out
+        return 1
+    finally:
+        connection.close()
+
+
 def main() -> None:
+    if sys.argv[1:] == ["--healthcheck"]:
+        sys.exit(healthcheck())
     server = Server()
 
     def stop(signum: int, _frame: object) -> None:
