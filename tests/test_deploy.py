@@ -451,7 +451,9 @@ def test_failures_within_max_fail_percentage_stay_behind_and_the_rollout_goes_on
     entry = json.loads(lab.exec("ops1", "tail", "-n", "1", "/var/log/fleetdeploy/audit.log"))
     assert (entry["result"], entry["failures"]) == ("partial", ["app2"]), entry
     assert {"app1", "app3"} <= set(entry["hosts_changed"]), entry
-    lab.play("deploy.yml", release="v2").check()  # the fleet as the next tests expect it
+    # The fleet as the next tests expect it: every host on v2 with v1 as its previous release (a deploy
+    # would make bad-on-app2 the previous release of app1 and app3, where the rollback test would return).
+    lab.play("rollback.yml", release="v2").check()
 
 
 def test_a_mistyped_release_fails_fast_and_changes_nothing(lab: Lab) -> None:
@@ -600,7 +602,8 @@ def test_a_deploy_longer_than_its_lock_ttl_keeps_its_lock_and_refuses_a_second(l
     first = subprocess.Popen(
         [str(VENV_BIN / "ansible-playbook"), "deploy.yml", "-i", str(lab.inventory), "--limit", "app1,ops1",
          "-e", json.dumps({"release": target, "deploy_lock_ttl": ttl, "deploy_drain_seconds": 60})],
-        cwd=REPO, env=env(FLEETDEPLOY_ACTOR="pytest", ANSIBLE_CACHE_PLUGIN_CONNECTION=str(lab.root / "facts")),
+        cwd=REPO, env=env(FLEETDEPLOY_ACTOR="pytest", ANSIBLE_CACHE_PLUGIN_CONNECTION=str(lab.root / "facts"),
+                          ANSIBLE_VAULT_PASSWORD_FILE=str(lab.vault_password_file)),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 600

@@ -47,7 +47,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-
 def _read_password(args: argparse.Namespace) -> str:
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\n")

@@ -159,8 +159,3 @@ def vault_secrets(paths: Iterable[Path], password: str, skip: Iterable[Path] = (
                 pass
     found.values = {v for v in found.values if len(v) >= _MIN_SECRET}
     return found
-
-
-def vault_secret_values(paths: Iterable[Path], password: str) -> set[str]:
-    """The secret scalars of every vault file and inline vault string under `paths`."""
-    return vault_secrets(paths, password).values

@@ -41,8 +41,8 @@ _TEMPLATE = re.compile(r"\{\{|\{%|\{#")
 # Who runs a job reaches the playbooks as FLEETDEPLOY_ACTOR (the signed-in principal); an extra var
 # of these names would override it (extra vars win over everything), whatever the action's schema.
 RESERVED_VARS = frozenset({"deploy_actor", "app_release_actor"})
-# Extra vars as JSON, at most: a job's extra vars are stored, served and handed to ansible-playbook
-# (one argument may hold 128 KiB on Linux); a real set of overrides is a few hundred bytes.
+# Extra vars as JSON, at most: a job's extra vars are stored, served and notified (they reach
+# ansible-playbook through a 0600 file); a real set of overrides is a few hundred bytes.
 EXTRA_VARS_MAX_BYTES = 32 * 1024
 # Job ids are 32-bit integers in the database (PostgreSQL's INTEGER).
 MAX_ID = 2**31 - 1

@@ -20,7 +20,7 @@ from fleetdeploy.console.db import Base, Job, JobEvent, make_engine, migrate
 from fleetdeploy.console.grid import Grid
 from fleetdeploy.console.jobs import JobManager, slim_event
 from fleetdeploy.console.notify import Notifier, message
-from fleetdeploy.console.redact import MASK, Redactor, vault_secret_values
+from fleetdeploy.console.redact import MASK, Redactor, vault_secrets
 from fleetdeploy.console.registry import RegistryClient, RegistryError
 
 
@@ -85,7 +85,7 @@ def test_secret_extra_vars_are_told_by_their_name_or_write_only_in_the_schema() 
 
 
 def test_vault_values_are_found_in_vault_files_and_inline_strings() -> None:
-    found = vault_secret_values([FIXTURES / "inventories" / "fleet"], VAULT_PASSWORD)
+    found = vault_secrets([FIXTURES / "inventories" / "fleet"], VAULT_PASSWORD).values
     assert {SECRETS["vault_fixture_secret"], SECRETS["vault_inline_token"], VAULT_PASSWORD} <= found
 
 
