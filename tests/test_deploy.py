@@ -635,7 +635,8 @@ def test_the_lock_playbook_shows_the_holder_and_releases_with_a_reason(lab: Lab)
             "renewed": time.time(), "ttl": 3600, "expires": time.time() + 3600}
     lab.exec("ops1", "sh", "-c", f"echo '{json.dumps(lock)}' > /var/lib/fleetdeploy/deploy.lock")
     status = lab.play("playbooks/lock.yml").check()
-    message = " ".join(status.output.split())
+    # The YAML callback folds long messages and, when it quotes one, doubles its single quotes.
+    message = " ".join(status.output.replace("''", "'").split())
     assert "held by alice running 'deploy v9' (run run-of-alice) since" in message, status.output[-3000:]
     assert "kept until" in message
     refused = lab.play("playbooks/lock.yml", lock_action="release")
