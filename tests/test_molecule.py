@@ -49,7 +49,16 @@ def run_scenario(project: Path, scenario: str) -> None:
                 client.volumes.get(name).remove(force=True)
             except docker.errors.NotFound:
                 pass
-    assert result.returncode == 0, result.output[-8000:]
+    assert result.returncode == 0, failure_report(result.output)
+
+
+def failure_report(output: str) -> str:
+    """What a failed scenario needs to be understood: each failed task (its error can sit long before the
+    end of the output, when the other host carries on), then the output's end."""
+    lines = output.splitlines()
+    failed = [i for i, line in enumerate(lines) if "fatal:" in line or "FAILED!" in line or "[ERROR]" in line]
+    excerpts = ["\n".join(lines[max(i - 3, 0):i + 12]) for i in failed[:6]]
+    return "\n...\n".join(excerpts + [output[-6000:]])
 
 
 def _scenario_class(project: Path, scenario: str) -> type:
