@@ -1,9 +1,11 @@
 """Running playbooks: one ansible-runner job per launch, events fanned out to the database and browsers.
 
 Threads per job: ansible-runner's own (reads the playbook's output and calls event_handler), the
-ingester (redacts, folds into the grid, fans out, writes to the database in batches), the planner
-(asks `ansible-playbook --list-hosts` which hosts will be touched, so they show as pending) and the
-supervisor (starts the run, waits for it, finishes the job). event_handler only puts on a queue.
+ingester (redacts, folds into the grid, fans out to the browsers from memory, hands to the writer),
+the planner (asks `ansible-playbook --list-hosts` which hosts will be touched, so they show as pending)
+and the supervisor (starts the run, waits for it, drains the writer, finishes the job). One writer
+thread for all jobs (writer.EventWriter) stores the events in batches. event_handler only puts on a
+queue: neither the database nor a browser can hold up the playbook.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from fleetdeploy.console.grid import RELEASE_FACT, Grid
 from fleetdeploy.console.notify import Notifier
 from fleetdeploy.console.playbook import KNOWN_ENV, write_known
 from fleetdeploy.console.redact import MASK, MAX_STDOUT, SECRET_KEY, Redactor, scalars, vault_secrets, walk_files
+from fleetdeploy.console.writer import EventWriter
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +53,6 @@ FINAL = ("successful", "failed", "canceled", "interrupted", "error")
 # pexpect_timeout: how often runner checks cancel_callback while the playbook is quiet.
 RUNNER_SETTINGS = {"suppress_output_file": True, "suppress_ansible_output": True, "pexpect_timeout": 0.25,
                    "pexpect_use_poll": True}
-_FLUSH_SECONDS = 0.2
-_FLUSH_EVENTS = 200
 _END = object()
 # Events the console shows; verbose/debug-only ones (e.g. runner_on_start for items) still count.
 _SLIM_RES_KEYS = ("msg", "changed", "failed", "unreachable", "skipped", "rc", "stderr", "censored", "skip_reason")
@@ -288,6 +289,7 @@ class JobManager:
         self._busy: dict[str, int] = {}
         self._redactors: dict[str, tuple[tuple[int, float], Redactor, set[bytes]]] = {}
         self._stopping = False
+        self.writer = EventWriter(sessions)
 
     def marker(self, job_id: int) -> str:
         """What the processes of this console's job carry in JOB_MARKER."""
@@ -528,6 +530,8 @@ class JobManager:
             live.events.put(_END)
             if ingester.is_alive():
                 ingester.join()
+            # Every event stored before the job reads as finished: a reader of a final job gets them all.
+            self.writer.drain()
             self._finish(live, status, rc, explanation)
 
     def _note_process_group(self, live: LiveJob) -> int | None:
@@ -585,40 +589,22 @@ class JobManager:
                 db.commit()
 
     def _ingest(self, live: LiveJob) -> None:
-        """Drain the runner's queue: redact, fold into the grid, fan out, write to the database in batches."""
+        """Drain the runner's queue in order: redact, fold into the grid, fan out, hand to the database writer."""
         redactor = live.redactor
-        pending: list[JobEvent] = []
-        last_flush = time.monotonic()
         while True:
-            try:
-                item = live.events.get(timeout=_FLUSH_SECONDS)
-            except queue.Empty:
-                item = None
+            item = live.events.get()
             if item is _END:
                 break
-            if isinstance(item, dict) and "_status" not in item and not _is_prompt(item):
-                ev = slim_event(item, redactor)
-                live.received += 1
-                with live.lock:
-                    change = live.grid.apply(ev)
-                msg = {"type": "event", "id": ev["counter"], "event": ev, **change}
-                live.publish(msg)
-                pending.append(JobEvent(job_id=live.id, counter=ev["counter"] or 0, event=ev["event"] or "",
-                                        host=ev["event_data"].get("host"), created=ev.get("created"), data=msg))
-            if pending and (len(pending) >= _FLUSH_EVENTS or time.monotonic() - last_flush >= _FLUSH_SECONDS):
-                self._flush(pending)
-                pending = []
-                last_flush = time.monotonic()
-        if pending:
-            self._flush(pending)
-
-    def _flush(self, rows: list[JobEvent]) -> None:
-        try:
-            with self.sessions() as db:
-                db.add_all(rows)
-                db.commit()
-        except Exception:
-            log.exception("could not store %d events", len(rows))
+            if "_status" in item or _is_prompt(item):
+                continue
+            ev = slim_event(item, redactor)
+            live.received += 1
+            with live.lock:
+                change = live.grid.apply(ev)
+            msg = {"type": "event", "id": ev["counter"], "event": ev, **change}
+            live.publish(msg)
+            self.writer.put({"job_id": live.id, "counter": ev["counter"] or 0, "event": ev["event"] or "",
+                             "host": ev["event_data"].get("host"), "created": ev.get("created"), "data": msg})
 
     def _set_status(self, live: LiveJob, status: str) -> None:
         live.status = status
