@@ -54,6 +54,8 @@ FINAL = ("successful", "failed", "canceled", "interrupted", "error")
 RUNNER_SETTINGS = {"suppress_output_file": True, "suppress_ansible_output": True, "pexpect_timeout": 0.25,
                    "pexpect_use_poll": True}
 _END = object()
+# The planner's niceness (see _plan).
+_PLANNER_NICE = 19
 # Events the console shows; verbose/debug-only ones (e.g. runner_on_start for items) still count.
 _SLIM_RES_KEYS = ("msg", "changed", "failed", "unreachable", "skipped", "rc", "stderr", "censored", "skip_reason")
 
@@ -561,9 +563,20 @@ class JobManager:
         envvars = {**os.environ, **envvars, "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_NOCOLOR": "1"}
         envvars.pop(JOB_MARKER, None)  # not part of the job: the sweep must not wait for it
         try:
-            out = subprocess.run(cmd, cwd=self.config.project_dir, env=envvars, capture_output=True, text=True,
-                                 timeout=60, check=False).stdout
-        except (OSError, subprocess.TimeoutExpired):
+            with subprocess.Popen(cmd, cwd=self.config.project_dir, env=envvars, stdout=subprocess.PIPE,
+                                  stderr=subprocess.DEVNULL, text=True) as proc:
+                # A second ansible-playbook beside the job's own, for a view: it gets the CPU the playbook leaves.
+                try:
+                    os.setpriority(os.PRIO_PROCESS, proc.pid, _PLANNER_NICE)
+                except OSError:
+                    pass
+                try:
+                    out, _ = proc.communicate(timeout=60)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.communicate()
+                    return
+        except OSError:
             return
         hosts: list[str] = []
         in_hosts = False
