@@ -54,6 +54,8 @@ FINAL = ("successful", "failed", "canceled", "interrupted", "error")
 RUNNER_SETTINGS = {"suppress_output_file": True, "suppress_ansible_output": True, "pexpect_timeout": 0.25,
                    "pexpect_use_poll": True}
 _END = object()
+# Not "jsonfile": runner then leaves the fact cache settings alone (see _supervise).
+_FACT_CACHE_FROM_ANSIBLE = "ansible"
 # The planner's niceness (see _plan).
 _PLANNER_NICE = 19
 # Events the console shows; verbose/debug-only ones (e.g. runner_on_start for items) still count.
@@ -500,6 +502,10 @@ class JobManager:
                 passwords=passwords or None,
                 suppress_output_file=True,
                 suppress_env_files=True,
+                # Runner's "jsonfile" default points the fact cache into the run directory, which goes at the
+                # job's end: every job gathered every host's facts again. Any other value leaves the cache to
+                # Ansible's own settings (ansible.cfg, envvars), as for ansible-playbook.
+                fact_cache_type=_FACT_CACHE_FROM_ANSIBLE,
                 quiet=True,
                 ident="run",
                 event_handler=event_handler,

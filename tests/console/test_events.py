@@ -28,10 +28,12 @@ def console(tmp_path: Path) -> tuple[Config, sessionmaker[Session], JobManager]:
     config.write_text(json.dumps({
         "project_dir": str(FIXTURES), "data_dir": str(tmp_path / "data"),
         "ansible_config": str(FIXTURES / "ansible.cfg"),
+        # A fact cache that outlives the job, as the console role sets it (ansible.cfg sets the plugin).
+        "envvars": {"ANSIBLE_CACHE_PLUGIN": "jsonfile", "ANSIBLE_CACHE_PLUGIN_CONNECTION": str(tmp_path / "facts")},
         "vault": {"password_file": str(FIXTURES / "vault-password")},
         "environments": {"fleet": {"inventory": "inventories/fleet"}},
         "actions": {"deploy": {"playbook": "playbooks/deploy.yml", "release": {"variable": "release"}},
-                    "flood": {"playbook": "playbooks/flood.yml"}},
+                    "flood": {"playbook": "playbooks/flood.yml"}, "facts": {"playbook": "playbooks/facts.yml"}},
     }))
     cfg = load(config)
     migrate(cfg.database)
@@ -130,3 +132,15 @@ def test_a_job_reads_as_finished_only_once_all_its_events_are_stored(tmp_path: P
     assert live.done.wait(180), "the job did not end once the writer went on"
     assert status(sessions, job_id) == "successful"
     assert stored(sessions, job_id) == [m["id"] for m in streamed(live)] == list(range(1, live.received + 1))
+
+
+def test_facts_go_to_the_fact_cache_ansible_is_set_to_use_not_into_the_run_directory(tmp_path: Path) -> None:
+    """Cached facts outlive the job (ansible-runner's own default would put them in the run directory, deleted
+    at the job's end, and every deploy would gather every host's facts again)."""
+    cfg, sessions, jobs = console(tmp_path)
+    job_id = jobs.launch(cfg.environments["fleet"], cfg.actions["facts"], None, {}, "tester")
+    assert jobs.live[job_id].done.wait(180)
+    assert status(sessions, job_id) == "successful"
+    # One file per host (ansible-core 2.19 names it s1_<host> and wraps the facts in a payload).
+    cached = [f.read_text() for f in (tmp_path / "facts").glob("*web1")]
+    assert len(cached) == 1 and "fixture_cached_fact" in cached[0]
