@@ -616,10 +616,14 @@ class JobManager:
                 break
             if "_status" in item or _is_prompt(item):
                 continue
-            ev = slim_event(item, redactor)
+            try:
+                ev = slim_event(item, redactor)
+                with live.lock:
+                    change = live.grid.apply(ev)
+            except Exception:  # one odd event must not stop the job's stream
+                log.exception("job %s: could not read event %s", live.id, item.get("counter"))
+                continue
             live.received += 1
-            with live.lock:
-                change = live.grid.apply(ev)
             msg = {"type": "event", "id": ev["counter"], "event": ev, **change}
             live.publish(msg)
             self.writer.put({"job_id": live.id, "counter": ev["counter"] or 0, "event": ev["event"] or "",

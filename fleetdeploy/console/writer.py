@@ -75,10 +75,12 @@ class EventWriter:
                     item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
                     break
-            if rows:
-                self._write(rows)
-            for barrier in barriers:
-                barrier.set()
+            try:
+                if rows:
+                    self._write(rows)
+            finally:  # a job waiting to end must never wait forever
+                for barrier in barriers:
+                    barrier.set()
 
     def _write(self, rows: list[dict[str, Any]]) -> None:
         for attempt in range(1, _ATTEMPTS + 1):
