@@ -1,11 +1,11 @@
 """Running playbooks: one ansible-runner job per launch, events fanned out to the database and browsers.
 
 Threads per job: ansible-runner's own (reads the playbook's output and calls event_handler), the
-ingester (redacts, folds into the grid, fans out to the browsers from memory, hands to the writer),
-the planner (asks `ansible-playbook --list-hosts` which hosts will be touched, so they show as pending)
+ingester (redacts, folds into the grid, fans out to the browsers from memory, hands to the writer)
 and the supervisor (starts the run, waits for it, drains the writer, finishes the job). One writer
 thread for all jobs (writer.EventWriter) stores the events in batches. event_handler only puts on a
-queue: neither the database nor a browser can hold up the playbook.
+queue: neither the database nor a browser can hold up the playbook. The hosts each play will touch come
+in the output itself (playbook.HOSTS_PREFIX), so the grid shows them as pending from the play's start.
 """
 
 from __future__ import annotations
@@ -17,11 +17,9 @@ import json
 import logging
 import os
 import queue
-import re
 import shlex
 import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -37,7 +35,7 @@ from fleetdeploy.console.config import Action, Config, Environment, shown_databa
 from fleetdeploy.console.db import Job, JobEvent, Release, now
 from fleetdeploy.console.grid import RELEASE_FACT, Grid
 from fleetdeploy.console.notify import Notifier
-from fleetdeploy.console.playbook import KNOWN_ENV, write_known
+from fleetdeploy.console.playbook import HOSTS_PREFIX, KNOWN_ENV, write_known
 from fleetdeploy.console.redact import MASK, MAX_STDOUT, SECRET_KEY, Redactor, scalars, vault_secrets, walk_files
 from fleetdeploy.console.writer import EventWriter
 
@@ -56,8 +54,6 @@ RUNNER_SETTINGS = {"suppress_output_file": True, "suppress_ansible_output": True
 _END = object()
 # Not "jsonfile": runner then leaves the fact cache settings alone (see _supervise).
 _FACT_CACHE_FROM_ANSIBLE = "ansible"
-# The planner's niceness (see _plan).
-_PLANNER_NICE = 19
 # Events the console shows; verbose/debug-only ones (e.g. runner_on_start for items) still count.
 _SLIM_RES_KEYS = ("msg", "changed", "failed", "unreachable", "skipped", "rc", "stderr", "censored", "skip_reason")
 
@@ -310,11 +306,12 @@ class JobManager:
                 group = job.pgid is not None and kill_process_group(job.pgid, job.process_start)
                 killed = kill_job_processes(self.marker(job.id))
                 grid = Grid()
-                grid.plan(list((job.summary or {}).get("hosts") or []))  # the planner's list (_plan)
                 received = 0
                 for data in db.scalars(select(JobEvent.data).where(JobEvent.job_id == job.id)
                                        .order_by(JobEvent.counter)):
-                    if isinstance(data, dict) and isinstance(data.get("event"), dict):
+                    if isinstance(data, dict) and data.get("type") == "hosts":
+                        grid.plan(list(data.get("hosts") or []))  # a play's hosts, as it started (_ingest)
+                    elif isinstance(data, dict) and isinstance(data.get("event"), dict):
                         grid.apply(data["event"])
                         received += 1
                 grid.halt()
@@ -478,10 +475,6 @@ class JobManager:
                 raise _Canceled()
             self._set_status(live, "running")
             self.notifier.send(self._brief_for_notify(live))
-            plan_vault = vault_cmd if self.config.vault_password_file else []
-            plan_vars = ["-e", f"@{extravars_file}"] if extra_vars else []
-            threading.Thread(target=self._plan, args=(live, env, action, plan_vars, plan_vault, envvars),
-                             name=f"plan-{live.id}", daemon=True).start()
 
             def event_handler(event: dict[str, Any]) -> bool:
                 live.events.put(event)
@@ -560,53 +553,6 @@ class JobManager:
     def _brief_for_notify(self, live: LiveJob) -> dict[str, Any]:
         return live.brief()
 
-    def _plan(self, live: LiveJob, env: Environment, action: Action, extra_vars_args: list[str],
-              vault_cmd: list[str], envvars: dict[str, str]) -> None:
-        """Ask ansible-playbook which hosts the plays will touch, so the grid shows them as pending."""
-        playbook_cmd = shutil.which("ansible-playbook", path=envvars["PATH"]) or "ansible-playbook"
-        cmd = [playbook_cmd, "--list-hosts", "-i", str(env.inventory), str(action.playbook), *vault_cmd,
-               *extra_vars_args]
-        envvars = {**os.environ, **envvars, "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_NOCOLOR": "1"}
-        envvars.pop(JOB_MARKER, None)  # not part of the job: the sweep must not wait for it
-        try:
-            with subprocess.Popen(cmd, cwd=self.config.project_dir, env=envvars, stdout=subprocess.PIPE,
-                                  stderr=subprocess.DEVNULL, text=True) as proc:
-                # A second ansible-playbook beside the job's own, for a view: it gets the CPU the playbook leaves.
-                try:
-                    os.setpriority(os.PRIO_PROCESS, proc.pid, _PLANNER_NICE)
-                except OSError:
-                    pass
-                try:
-                    out, _ = proc.communicate(timeout=60)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.communicate()
-                    return
-        except OSError:
-            return
-        hosts: list[str] = []
-        in_hosts = False
-        for line in out.splitlines():
-            if re.match(r"\s+hosts \(\d+\):", line):
-                in_hosts = True
-                continue
-            if in_hosts and line.startswith("      ") and line.strip():
-                host = line.strip()
-                if host not in hosts:
-                    hosts.append(host)
-            else:
-                in_hosts = False
-        if hosts and live.status not in FINAL:
-            with live.lock:
-                live.grid.plan(hosts)
-                # Stored (in the summary's own shape) until the job ends, so that the grid of a job a crash
-                # cut short still lists every host (recover).
-                planned = {**live.grid.snapshot(), "events": live.received}
-            live.publish({"type": "hosts", "hosts": hosts})
-            with self.sessions() as db:
-                db.execute(update(Job).where(Job.id == live.id, Job.status.not_in(FINAL)).values(summary=planned))
-                db.commit()
-
     def _ingest(self, live: LiveJob) -> None:
         """Drain the runner's queue in order: redact, fold into the grid, fan out, hand to the database writer."""
         redactor = live.redactor
@@ -615,6 +561,16 @@ class JobManager:
             if item is _END:
                 break
             if "_status" in item or _is_prompt(item):
+                continue
+            hosts = _announced_hosts(item)
+            if hosts is not None:
+                with live.lock:
+                    live.grid.plan(hosts)
+                msg = {"type": "hosts", "id": item.get("counter") or 0, "hosts": hosts}
+                live.publish(msg)
+                # Stored like an event, so that a console restarted after a crash lists the hosts too (recover).
+                self.writer.put({"job_id": live.id, "counter": msg["id"], "event": "verbose", "host": None,
+                                 "created": item.get("created"), "data": msg})
                 continue
             try:
                 ev = slim_event(item, redactor)
@@ -716,6 +672,20 @@ def _write_private(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as fh:
         fh.write(data)
+
+
+def _announced_hosts(event: dict[str, Any]) -> list[str] | None:
+    """The hosts a play will run on, if this is the line fleetdeploy.console.playbook prints as the play starts."""
+    if event.get("event") != "verbose":
+        return None
+    line = (event.get("stdout") or "").strip()
+    if not line.startswith(HOSTS_PREFIX):
+        return None
+    try:
+        hosts = json.loads(line[len(HOSTS_PREFIX):])
+    except ValueError:
+        return None
+    return [str(h) for h in hosts] if isinstance(hosts, list) else None
 
 
 def _is_prompt(event: dict[str, Any]) -> bool:

@@ -49,9 +49,13 @@ def wait_until(check: Callable[[], bool], what: str, timeout: float = 180) -> No
 
 
 def streamed(live: LiveJob) -> list[dict[str, Any]]:
-    """The events as the job's watchers get them (its in-memory messages)."""
+    """What the job's watchers get of the playbook's output (its in-memory messages): events, and hosts lists."""
     with live.lock:
-        return [m for m in live.messages if m["type"] == "event"]
+        return [m for m in live.messages if m["type"] in ("event", "hosts")]
+
+
+def events(live: LiveJob) -> list[dict[str, Any]]:
+    return [m for m in streamed(live) if m["type"] == "event"]
 
 
 def stored(sessions: sessionmaker[Session], job_id: int) -> list[int]:
@@ -82,7 +86,7 @@ def test_a_locked_database_holds_up_neither_the_playbook_nor_its_watchers_and_lo
     locker = sqlite3.connect(cfg.database.split("///", 1)[1], timeout=60, isolation_level=None)
     locker.execute("BEGIN IMMEDIATE")
     try:
-        wait_until(lambda: any(m["event"]["event"] == "playbook_on_stats" for m in streamed(live)),
+        wait_until(lambda: any(m["event"]["event"] == "playbook_on_stats" for m in events(live)),
                    "the playbook's last event reaches the watchers while the database is locked")
         assert live.status == "running" and not live.done.is_set()
         assert len(stored(sessions, job_id)) < live.received  # the lock did hold events back
@@ -93,9 +97,10 @@ def test_a_locked_database_holds_up_neither_the_playbook_nor_its_watchers_and_lo
     assert live.done.wait(180), "the job did not end once the database was free"
     counters = stored(sessions, job_id)
     # Every event runner counted, once, in the order the playbook emitted them, as the watchers saw them.
-    assert counters == list(range(1, live.received + 1))
+    assert counters == list(range(1, len(counters) + 1))
     assert counters == [m["id"] for m in streamed(live)]
-    assert sum(m["event"]["event"] == "runner_item_on_ok" for m in streamed(live)) == 6 * 200
+    assert len(events(live)) == live.received
+    assert sum(m["event"]["event"] == "runner_item_on_ok" for m in events(live)) == 6 * 200
     assert status(sessions, job_id) == "successful"
 
 
@@ -124,14 +129,22 @@ def test_a_job_reads_as_finished_only_once_all_its_events_are_stored(tmp_path: P
     live = jobs.live[job_id]
 
     wait_until(writer.draining.is_set, "the playbook ends and its job waits for the writer")
-    assert any(m["event"]["event"] == "playbook_on_stats" for m in streamed(live))
+    assert any(m["event"]["event"] == "playbook_on_stats" for m in events(live))
     assert stored(sessions, job_id) == []
     assert status(sessions, job_id) == "running" and live.status == "running" and not live.done.is_set()
 
     writer.release.set()
     assert live.done.wait(180), "the job did not end once the writer went on"
     assert status(sessions, job_id) == "successful"
-    assert stored(sessions, job_id) == [m["id"] for m in streamed(live)] == list(range(1, live.received + 1))
+    counters = stored(sessions, job_id)
+    assert counters == [m["id"] for m in streamed(live)] == list(range(1, len(counters) + 1))
+    # The play's hosts, every batch of them, came with the output before the first batch started.
+    hosts = [f"web{i}" for i in range(1, 7)]
+    assert [m["hosts"] for m in streamed(live) if m["type"] == "hosts"] == [hosts]
+    with sessions() as db:
+        job = db.get(Job, job_id)
+        assert job is not None and job.summary is not None
+        assert job.summary["hosts"] == hosts
 
 
 def test_facts_go_to_the_fact_cache_ansible_is_set_to_use_not_into_the_run_directory(tmp_path: Path) -> None:
