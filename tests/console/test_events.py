@@ -73,7 +73,8 @@ def status(sessions: sessionmaker[Session], job_id: int) -> str:
 
 def test_a_locked_database_holds_up_neither_the_playbook_nor_its_watchers_and_loses_no_event(tmp_path: Path) -> None:
     cfg, sessions, jobs = console(tmp_path)
-    job_id = jobs.launch(cfg.environments["fleet"], cfg.actions["flood"], None, {}, "tester")
+    # 600 items on six hosts: more events than one of the writer's batches holds.
+    job_id = jobs.launch(cfg.environments["fleet"], cfg.actions["flood"], None, {"flood_items": 100}, "tester")
     live = jobs.live[job_id]
 
     def recorded_process_group() -> bool:
@@ -100,7 +101,7 @@ def test_a_locked_database_holds_up_neither_the_playbook_nor_its_watchers_and_lo
     assert counters == list(range(1, len(counters) + 1))
     assert counters == [m["id"] for m in streamed(live)]
     assert len(events(live)) == live.received
-    assert sum(m["event"]["event"] == "runner_item_on_ok" for m in events(live)) == 6 * 200
+    assert sum(m["event"]["event"] == "runner_item_on_ok" for m in events(live)) == 6 * 100
     assert status(sessions, job_id) == "successful"
 
 
