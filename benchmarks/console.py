@@ -4,7 +4,11 @@
 - memory: the console's RSS at rest, and its peak during a 6-host deploy (Ansible's own processes apart)
 - overhead: wall time of the same 6-host deploy and of an event flood: plain ansible-playbook, ansible-runner
   alone (its own callback and output loop), and through the console
-- ingestion: events per second the console stores and streams during the flood
+- ingestion: events per second the console stores and streams during the flood (bounded by how fast
+  the playbook emits them), and the capacity of its ingest path alone: the flood's events, as runner
+  handed them over, replayed through a job's queue, ingester and database writer as fast as they go
+- ratios: each way of running over plain ansible-playbook (1.05 = 5 % slower), by wall time and by CPU time
+  (the console's process and everything it started; CPU time suffers less from a busy machine)
 - event-to-browser latency: Ansible's event timestamp -> the event read off the SSE stream by a client
 
 Runs on the console's fixture playbooks (local hosts), so it needs no lab:
@@ -45,6 +49,21 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time of a process and of its children it has waited for (utime, stime, cutime, cstime)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def own_cpu(children_only: bool = False) -> float:
+    """CPU time of this process's waited-for children (and of itself unless children_only)."""
+    import resource
+
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    me = resource.getrusage(resource.RUSAGE_SELF)
+    return kids.ru_utime + kids.ru_stime + (0.0 if children_only else me.ru_utime + me.ru_stime)
+
+
 def write_config(root: Path) -> Path:
     config = {
         "project_dir": str(FIXTURES),
@@ -62,30 +81,74 @@ def write_config(root: Path) -> Path:
     return path
 
 
-def plain_run(playbook: str, *extra: str) -> float:
+def plain_run(playbook: str, *extra: str) -> tuple[float, float]:
+    """Wall and CPU seconds of the playbook run by ansible-playbook itself."""
     env = {**os.environ, "ANSIBLE_CONFIG": str(FIXTURES / "ansible.cfg"), "PATH": f"{BIN}:{os.environ['PATH']}"}
-    start = time.monotonic()
+    start, cpu = time.monotonic(), own_cpu(children_only=True)
     subprocess.run([str(BIN / "ansible-playbook"), "-i", str(FIXTURES / "inventories" / "fleet"),
                     "--vault-password-file", str(FIXTURES / "vault-password"), str(FIXTURES / "playbooks" / playbook),
-                    *extra], cwd=FIXTURES, env=env, check=True, capture_output=True)
-    return time.monotonic() - start
+                    *extra], cwd=FIXTURES, env=env, check=True, capture_output=True,
+                   # In a session of its own, as runner starts it (pexpect): the scheduler's autogroups then
+                   # treat the two alike on a busy machine.
+                   start_new_session=True)
+    return time.monotonic() - start, own_cpu(children_only=True) - cpu
 
 
-def runner_run(playbook: str, root: Path, **extravars: Any) -> float:
-    """The same playbook through ansible-runner alone, no console: what runner itself costs."""
+def runner_run(playbook: str, root: Path, keep: list[dict[str, Any]] | None = None,
+               **extravars: Any) -> tuple[float, float]:
+    """The same playbook through ansible-runner alone, no console: what runner itself costs.
+
+    `keep` collects the events as runner hands them over (for ingest_capacity)."""
     import ansible_runner
+
+    def handler(event: dict[str, Any]) -> bool:
+        if keep is not None:
+            keep.append(event)
+        return False
 
     os.environ["ANSIBLE_CONFIG"] = str(FIXTURES / "ansible.cfg")
     os.environ["PATH"] = f"{BIN}:{os.environ['PATH']}"
     data = Path(tempfile.mkdtemp(dir=root))
-    start = time.monotonic()
+    start, cpu = time.monotonic(), own_cpu()
     run = ansible_runner.run(private_data_dir=str(data), project_dir=str(FIXTURES),
                              playbook=str(FIXTURES / "playbooks" / playbook),
                              inventory=str(FIXTURES / "inventories" / "fleet"), extravars=extravars or None,
                              cmdline=f"--vault-password-file {FIXTURES / 'vault-password'}", quiet=True,
-                             suppress_env_files=True, event_handler=lambda _event: False)
+                             suppress_env_files=True, event_handler=handler)
     assert run.status == "successful", run.status
-    return time.monotonic() - start
+    return time.monotonic() - start, own_cpu() - cpu
+
+
+def ingest_capacity(root: Path, raw_events: list[dict[str, Any]]) -> tuple[float, float]:
+    """Events per second through the console's own path, with no playbook to wait for: runner's events put on a
+    job's queue, redacted, folded into the grid, published, and stored by the writer (a fresh SQLite file).
+    Per second of wall time and per second of this process's CPU time (which a busy machine skews less)."""
+    from fleetdeploy.console.config import load
+    from fleetdeploy.console.db import Job, make_engine, migrate, session_factory
+    from fleetdeploy.console.jobs import _END, JobManager, LiveJob
+    from fleetdeploy.console.notify import Notifier
+
+    data = Path(tempfile.mkdtemp(dir=root))
+    url = f"sqlite:///{data / 'console.db'}"
+    migrate(url)
+    sessions = session_factory(make_engine(url))
+    manager = JobManager(load(None, database=url, data_dir=data), sessions, Notifier(None))
+    with sessions() as db:
+        job = Job(environment="fleet", action="flood", playbook="flood.yml", extra_vars={}, launched_by="bench",
+                  status="running", events_pruned=False)
+        db.add(job)
+        db.commit()
+        live = LiveJob(id=job.id, environment="fleet", action="flood", release=None, launched_by="bench",
+                       created_at=job.created_at)
+    ingester = threading.Thread(target=manager._ingest, args=(live,), daemon=True)
+    start, cpu = time.monotonic(), time.process_time()
+    ingester.start()
+    for event in raw_events:
+        live.events.put(dict(event))
+    live.events.put(_END)
+    ingester.join()
+    manager.writer.drain()
+    return len(raw_events) / (time.monotonic() - start), len(raw_events) / (time.process_time() - cpu)
 
 
 class Console:
@@ -129,7 +192,7 @@ class Console:
                 time.sleep(0.05)
 
         threading.Thread(target=sample, daemon=True).start()
-        start = time.monotonic()
+        start, cpu = time.monotonic(), cpu_seconds(self.proc.pid)
         r = api.post("/api/jobs", json={"environment": environment, "action": action, "release": release,
                                         "extra_vars": extra})
         r.raise_for_status()
@@ -148,11 +211,11 @@ class Console:
                     arrivals.append(time.monotonic())
                 if msg["type"] == "end":
                     break
-        wall = time.monotonic() - start
+        wall, cpu = time.monotonic() - start, cpu_seconds(self.proc.pid) - cpu
         done.set()
         job = api.get(f"/api/jobs/{job_id}").json()
         assert job["status"] == "successful", job
-        return {"wall": wall, "latencies": latencies, "arrivals": arrivals, "peak_rss": max(peak),
+        return {"wall": wall, "cpu": cpu, "latencies": latencies, "arrivals": arrivals, "peak_rss": max(peak),
                 "events": job["grid"].get("events", len(latencies))}
 
 
@@ -180,17 +243,43 @@ def main() -> int:
         time.sleep(1)
         rest = rss_mb(console.proc.pid)
 
-        deploy_plain = [plain_run("deploy.yml", "-e", "release=v1") for _ in range(args.runs)]
-        deploy_runner = [runner_run("deploy.yml", Path(tmp), release="v1") for _ in range(args.runs)]
-        deploys = [console.run_job("deploy", "v1") for _ in range(args.runs)]
-        flood_plain = [plain_run("flood.yml") for _ in range(args.runs)]
-        flood_runner = [runner_run("flood.yml", Path(tmp)) for _ in range(args.runs)]
-        floods = [console.run_job("flood") for _ in range(args.runs)]
+        # The three ways take turns, round after round, so that a change in the machine's load hits them alike.
+        deploy_plain: list[tuple[float, float]] = []
+        deploy_runner: list[tuple[float, float]] = []
+        flood_plain: list[tuple[float, float]] = []
+        flood_runner: list[tuple[float, float]] = []
+        deploys: list[dict[str, Any]] = []
+        floods: list[dict[str, Any]] = []
+        flood_events: list[dict[str, Any]] = []
+        for _ in range(args.runs):
+            deploy_plain.append(plain_run("deploy.yml", "-e", "release=v1"))
+            deploy_runner.append(runner_run("deploy.yml", Path(tmp), release="v1"))
+            deploys.append(console.run_job("deploy", "v1"))
+        for i in range(args.runs):
+            flood_plain.append(plain_run("flood.yml"))
+            flood_runner.append(runner_run("flood.yml", Path(tmp), flood_events if i == 0 else None))
+            floods.append(console.run_job("flood"))
         console.stop()
+        capacity: list[tuple[float, float]] = [ingest_capacity(Path(tmp), flood_events) for _ in range(args.runs)]
 
     def rate(run: dict[str, Any]) -> float:
         span = run["arrivals"][-1] - run["arrivals"][0]
         return len(run["arrivals"]) / span if span > 0 else float("nan")
+
+    def med(runs: list[Any], what: int | str) -> float:
+        return statistics.median(r[what] for r in runs)
+
+    def ratios(plain: list[tuple[float, float]], runner: list[tuple[float, float]],
+               through: list[dict[str, Any]]) -> dict[str, float]:
+        return {"console_over_plain": round(med(through, "wall") / med(plain, 0), 3),
+                "runner_alone_over_plain": round(med(runner, 0) / med(plain, 0), 3),
+                "console_over_plain_cpu": round(med(through, "cpu") / med(plain, 1), 3),
+                "runner_alone_over_plain_cpu": round(med(runner, 1) / med(plain, 1), 3)}
+
+    def cpu(plain: list[tuple[float, float]], runner: list[tuple[float, float]],
+            through: list[dict[str, Any]]) -> dict[str, float]:
+        return {"plain_ansible_playbook": round(med(plain, 1), 2), "ansible_runner_alone": round(med(runner, 1), 2),
+                "through_console": round(med(through, "cpu"), 2)}
 
     all_lat = [x for run in deploys + floods for x in run["latencies"]]
     deploy_lat = [x for run in deploys for x in run["latencies"]]
@@ -203,17 +292,25 @@ def main() -> int:
                    "peak_during_6_host_deploy": round(max(r["peak_rss"] for r in deploys), 1),
                    "peak_during_event_flood": round(max(r["peak_rss"] for r in floods), 1)},
         "deploy_6_hosts_seconds": {
-            "plain_ansible_playbook": round(statistics.median(deploy_plain), 2),
-            "ansible_runner_alone": round(statistics.median(deploy_runner), 2),
-            "through_console": round(statistics.median(r["wall"] for r in deploys), 2),
+            "plain_ansible_playbook": round(med(deploy_plain, 0), 2),
+            "ansible_runner_alone": round(med(deploy_runner, 0), 2),
+            "through_console": round(med(deploys, "wall"), 2),
             "events": deploys[0]["events"],
+            "cpu_seconds": cpu(deploy_plain, deploy_runner, deploys),
+            **ratios(deploy_plain, deploy_runner, deploys),
         },
         "event_flood": {
             "events": floods[0]["events"],
-            "plain_ansible_playbook_seconds": round(statistics.median(flood_plain), 2),
-            "ansible_runner_alone_seconds": round(statistics.median(flood_runner), 2),
-            "through_console_seconds": round(statistics.median(r["wall"] for r in floods), 2),
+            "plain_ansible_playbook_seconds": round(med(flood_plain, 0), 2),
+            "ansible_runner_alone_seconds": round(med(flood_runner, 0), 2),
+            "through_console_seconds": round(med(floods, "wall"), 2),
+            "cpu_seconds": cpu(flood_plain, flood_runner, floods),
+            **ratios(flood_plain, flood_runner, floods),
+            # As fast as the playbook emits them: a measure of the playbook as much as of the console.
             "ingested_events_per_second": round(statistics.median(rate(r) for r in floods), 1),
+            # The console's own path alone (queue, redaction, grid, database writer), no playbook to wait for.
+            "ingest_capacity_events_per_second": round(med(capacity, 0), 1),
+            "ingest_capacity_events_per_cpu_second": round(med(capacity, 1), 1),
         },
         "event_to_client_latency_ms": {
             "deploy": {"p50": round(pct(deploy_lat, 0.5) * 1000, 1), "p95": round(pct(deploy_lat, 0.95) * 1000, 1),

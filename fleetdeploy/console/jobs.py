@@ -1,9 +1,11 @@
 """Running playbooks: one ansible-runner job per launch, events fanned out to the database and browsers.
 
 Threads per job: ansible-runner's own (reads the playbook's output and calls event_handler), the
-ingester (redacts, folds into the grid, fans out, writes to the database in batches), the planner
-(asks `ansible-playbook --list-hosts` which hosts will be touched, so they show as pending) and the
-supervisor (starts the run, waits for it, finishes the job). event_handler only puts on a queue.
+ingester (redacts, folds into the grid, fans out to the browsers from memory, hands to the writer)
+and the supervisor (starts the run, waits for it, drains the writer, finishes the job). One writer
+thread for all jobs (writer.EventWriter) stores the events in batches. event_handler only puts on a
+queue: neither the database nor a browser can hold up the playbook. The hosts each play will touch come
+in the output itself (playbook.HOSTS_PREFIX), so the grid shows them as pending from the play's start.
 """
 
 from __future__ import annotations
@@ -15,11 +17,9 @@ import json
 import logging
 import os
 import queue
-import re
 import shlex
 import shutil
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -35,8 +35,9 @@ from fleetdeploy.console.config import Action, Config, Environment, shown_databa
 from fleetdeploy.console.db import Job, JobEvent, Release, now
 from fleetdeploy.console.grid import RELEASE_FACT, Grid
 from fleetdeploy.console.notify import Notifier
-from fleetdeploy.console.playbook import KNOWN_ENV, write_known
+from fleetdeploy.console.playbook import HOSTS_PREFIX, KNOWN_ENV, write_known
 from fleetdeploy.console.redact import MASK, MAX_STDOUT, SECRET_KEY, Redactor, scalars, vault_secrets, walk_files
+from fleetdeploy.console.writer import EventWriter
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +51,9 @@ FINAL = ("successful", "failed", "canceled", "interrupted", "error")
 # pexpect_timeout: how often runner checks cancel_callback while the playbook is quiet.
 RUNNER_SETTINGS = {"suppress_output_file": True, "suppress_ansible_output": True, "pexpect_timeout": 0.25,
                    "pexpect_use_poll": True}
-_FLUSH_SECONDS = 0.2
-_FLUSH_EVENTS = 200
 _END = object()
+# Not "jsonfile": runner then leaves the fact cache settings alone (see _supervise).
+_FACT_CACHE_FROM_ANSIBLE = "ansible"
 # Events the console shows; verbose/debug-only ones (e.g. runner_on_start for items) still count.
 _SLIM_RES_KEYS = ("msg", "changed", "failed", "unreachable", "skipped", "rc", "stderr", "censored", "skip_reason")
 
@@ -288,6 +289,7 @@ class JobManager:
         self._busy: dict[str, int] = {}
         self._redactors: dict[str, tuple[tuple[int, float], Redactor, set[bytes]]] = {}
         self._stopping = False
+        self.writer = EventWriter(sessions)
 
     def marker(self, job_id: int) -> str:
         """What the processes of this console's job carry in JOB_MARKER."""
@@ -304,11 +306,12 @@ class JobManager:
                 group = job.pgid is not None and kill_process_group(job.pgid, job.process_start)
                 killed = kill_job_processes(self.marker(job.id))
                 grid = Grid()
-                grid.plan(list((job.summary or {}).get("hosts") or []))  # the planner's list (_plan)
                 received = 0
                 for data in db.scalars(select(JobEvent.data).where(JobEvent.job_id == job.id)
                                        .order_by(JobEvent.counter)):
-                    if isinstance(data, dict) and isinstance(data.get("event"), dict):
+                    if isinstance(data, dict) and data.get("type") == "hosts":
+                        grid.plan(list(data.get("hosts") or []))  # a play's hosts, as it started (_ingest)
+                    elif isinstance(data, dict) and isinstance(data.get("event"), dict):
                         grid.apply(data["event"])
                         received += 1
                 grid.halt()
@@ -472,10 +475,6 @@ class JobManager:
                 raise _Canceled()
             self._set_status(live, "running")
             self.notifier.send(self._brief_for_notify(live))
-            plan_vault = vault_cmd if self.config.vault_password_file else []
-            plan_vars = ["-e", f"@{extravars_file}"] if extra_vars else []
-            threading.Thread(target=self._plan, args=(live, env, action, plan_vars, plan_vault, envvars),
-                             name=f"plan-{live.id}", daemon=True).start()
 
             def event_handler(event: dict[str, Any]) -> bool:
                 live.events.put(event)
@@ -496,6 +495,10 @@ class JobManager:
                 passwords=passwords or None,
                 suppress_output_file=True,
                 suppress_env_files=True,
+                # Runner's "jsonfile" default points the fact cache into the run directory, which goes at the
+                # job's end: every job gathered every host's facts again. Any other value leaves the cache to
+                # Ansible's own settings (ansible.cfg, envvars), as for ansible-playbook.
+                fact_cache_type=_FACT_CACHE_FROM_ANSIBLE,
                 quiet=True,
                 ident="run",
                 event_handler=event_handler,
@@ -528,6 +531,8 @@ class JobManager:
             live.events.put(_END)
             if ingester.is_alive():
                 ingester.join()
+            # Every event stored before the job reads as finished: a reader of a final job gets them all.
+            self.writer.drain()
             self._finish(live, status, rc, explanation)
 
     def _note_process_group(self, live: LiveJob) -> int | None:
@@ -548,77 +553,37 @@ class JobManager:
     def _brief_for_notify(self, live: LiveJob) -> dict[str, Any]:
         return live.brief()
 
-    def _plan(self, live: LiveJob, env: Environment, action: Action, extra_vars_args: list[str],
-              vault_cmd: list[str], envvars: dict[str, str]) -> None:
-        """Ask ansible-playbook which hosts the plays will touch, so the grid shows them as pending."""
-        playbook_cmd = shutil.which("ansible-playbook", path=envvars["PATH"]) or "ansible-playbook"
-        cmd = [playbook_cmd, "--list-hosts", "-i", str(env.inventory), str(action.playbook), *vault_cmd,
-               *extra_vars_args]
-        envvars = {**os.environ, **envvars, "ANSIBLE_FORCE_COLOR": "0", "ANSIBLE_NOCOLOR": "1"}
-        envvars.pop(JOB_MARKER, None)  # not part of the job: the sweep must not wait for it
-        try:
-            out = subprocess.run(cmd, cwd=self.config.project_dir, env=envvars, capture_output=True, text=True,
-                                 timeout=60, check=False).stdout
-        except (OSError, subprocess.TimeoutExpired):
-            return
-        hosts: list[str] = []
-        in_hosts = False
-        for line in out.splitlines():
-            if re.match(r"\s+hosts \(\d+\):", line):
-                in_hosts = True
-                continue
-            if in_hosts and line.startswith("      ") and line.strip():
-                host = line.strip()
-                if host not in hosts:
-                    hosts.append(host)
-            else:
-                in_hosts = False
-        if hosts and live.status not in FINAL:
-            with live.lock:
-                live.grid.plan(hosts)
-                # Stored (in the summary's own shape) until the job ends, so that the grid of a job a crash
-                # cut short still lists every host (recover).
-                planned = {**live.grid.snapshot(), "events": live.received}
-            live.publish({"type": "hosts", "hosts": hosts})
-            with self.sessions() as db:
-                db.execute(update(Job).where(Job.id == live.id, Job.status.not_in(FINAL)).values(summary=planned))
-                db.commit()
-
     def _ingest(self, live: LiveJob) -> None:
-        """Drain the runner's queue: redact, fold into the grid, fan out, write to the database in batches."""
+        """Drain the runner's queue in order: redact, fold into the grid, fan out, hand to the database writer."""
         redactor = live.redactor
-        pending: list[JobEvent] = []
-        last_flush = time.monotonic()
         while True:
-            try:
-                item = live.events.get(timeout=_FLUSH_SECONDS)
-            except queue.Empty:
-                item = None
+            item = live.events.get()
             if item is _END:
                 break
-            if isinstance(item, dict) and "_status" not in item and not _is_prompt(item):
+            if "_status" in item or _is_prompt(item):
+                continue
+            hosts = _announced_hosts(item)
+            if hosts is not None:
+                with live.lock:
+                    live.grid.plan(hosts)
+                msg = {"type": "hosts", "id": item.get("counter") or 0, "hosts": hosts}
+                live.publish(msg)
+                # Stored like an event, so that a console restarted after a crash lists the hosts too (recover).
+                self.writer.put({"job_id": live.id, "counter": msg["id"], "event": "verbose", "host": None,
+                                 "created": item.get("created"), "data": msg})
+                continue
+            try:
                 ev = slim_event(item, redactor)
-                live.received += 1
                 with live.lock:
                     change = live.grid.apply(ev)
-                msg = {"type": "event", "id": ev["counter"], "event": ev, **change}
-                live.publish(msg)
-                pending.append(JobEvent(job_id=live.id, counter=ev["counter"] or 0, event=ev["event"] or "",
-                                        host=ev["event_data"].get("host"), created=ev.get("created"), data=msg))
-            if pending and (len(pending) >= _FLUSH_EVENTS or time.monotonic() - last_flush >= _FLUSH_SECONDS):
-                self._flush(pending)
-                pending = []
-                last_flush = time.monotonic()
-        if pending:
-            self._flush(pending)
-
-    def _flush(self, rows: list[JobEvent]) -> None:
-        try:
-            with self.sessions() as db:
-                db.add_all(rows)
-                db.commit()
-        except Exception:
-            log.exception("could not store %d events", len(rows))
+            except Exception:  # one odd event must not stop the job's stream
+                log.exception("job %s: could not read event %s", live.id, item.get("counter"))
+                continue
+            live.received += 1
+            msg = {"type": "event", "id": ev["counter"], "event": ev, **change}
+            live.publish(msg)
+            self.writer.put({"job_id": live.id, "counter": ev["counter"] or 0, "event": ev["event"] or "",
+                             "host": ev["event_data"].get("host"), "created": ev.get("created"), "data": msg})
 
     def _set_status(self, live: LiveJob, status: str) -> None:
         live.status = status
@@ -707,6 +672,20 @@ def _write_private(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as fh:
         fh.write(data)
+
+
+def _announced_hosts(event: dict[str, Any]) -> list[str] | None:
+    """The hosts a play will run on, if this is the line fleetdeploy.console.playbook prints as the play starts."""
+    if event.get("event") != "verbose":
+        return None
+    line = (event.get("stdout") or "").strip()
+    if not line.startswith(HOSTS_PREFIX):
+        return None
+    try:
+        hosts = json.loads(line[len(HOSTS_PREFIX):])
+    except ValueError:
+        return None
+    return [str(h) for h in hosts] if isinstance(hosts, list) else None
 
 
 def _is_prompt(event: dict[str, Any]) -> bool:

@@ -7,11 +7,17 @@ fleetdeploy.console.playbook ARGS...` instead of `ansible-playbook ARGS...`: thi
 decryption, and a plaintext that is not one the console decrypted itself makes the decryption fail, so
 the play fails before the value is used. The guard must be in place before Ansible loads the playbook
 (resolving `roles:` already reads `vars_files`), which is why it is a wrapper and not a callback plugin.
+
+The wrapper also prints, as each play starts, the hosts it will run on (all its `serial` batches) on one
+line the console reads off the output and does not show (HOSTS_PREFIX): the grid lists them as pending.
+Ansible has just worked the list out to make the batches, so this costs nothing, where a second
+`ansible-playbook --list-hosts` beside the job cost a whole Ansible start and parse of CPU.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import sys
 from pathlib import Path
@@ -20,6 +26,8 @@ from typing import Any
 # Names the file of the digests the console knows: the salt (hex) on the first line, then one hex
 # SHA-256 of salt + plaintext per line. 0600, in the job's run directory, removed when the job ends.
 KNOWN_ENV = "FLEETDEPLOY_CONSOLE_VAULT_KNOWN"
+# Starts the line with a play's hosts, a JSON list after it (see announce_play_hosts).
+HOSTS_PREFIX = "fleetdeploy-console-hosts: "
 
 
 def write_known(path: Path, plaintexts: set[bytes]) -> None:
@@ -53,6 +61,22 @@ def install_vault_guard(known_file: Path) -> None:
     VaultLib.decrypt_and_get_vault_id = guarded  # type: ignore[method-assign]
 
 
+def announce_play_hosts() -> None:
+    """Print each play's hosts, all its batches, on one HOSTS_PREFIX line as the play starts."""
+    from ansible.executor.playbook_executor import PlaybookExecutor
+    from ansible.utils.display import Display
+
+    original = PlaybookExecutor._get_serialized_batches  # called once per play, before its first batch starts
+    display = Display()
+
+    def announced(self: PlaybookExecutor, play: Any) -> Any:
+        batches = original(self, play)
+        display.display(HOSTS_PREFIX + json.dumps([host.name for batch in batches for host in batch]))
+        return batches
+
+    PlaybookExecutor._get_serialized_batches = announced  # type: ignore[method-assign]
+
+
 def _where(vaulttext: Any) -> str:
     """The file (and line) the vault text came from, as Ansible tagged it."""
     try:
@@ -68,6 +92,7 @@ def main() -> None:
     known = os.environ.pop(KNOWN_ENV, None)
     if known:
         install_vault_guard(Path(known))
+    announce_play_hosts()
     sys.argv[0] = "ansible-playbook"
     from ansible.cli.playbook import main as ansible_playbook
 

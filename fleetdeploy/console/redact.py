@@ -11,6 +11,7 @@ Three layers, because any one of them can be missed by a playbook author:
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -51,7 +52,7 @@ class Redactor:
         return self._pattern.sub(MASK, value) if self._pattern else value
 
     def value(self, value: Any, key: str | None = None) -> Any:
-        if key is not None and SECRET_KEY.search(key):
+        if key is not None and secret_key(key):
             return _masked(value)
         if isinstance(value, str):
             return self.text(value)
@@ -62,6 +63,12 @@ class Redactor:
         if isinstance(value, (list, tuple)):
             return [self.value(v) for v in value]
         return value
+
+
+@functools.lru_cache(maxsize=4096)
+def secret_key(key: str) -> bool:
+    """Whether a key names a secret. Cached: every event repeats the same few dozen keys, and this runs on each."""
+    return SECRET_KEY.search(key) is not None
 
 
 def _masked(value: Any) -> Any:
