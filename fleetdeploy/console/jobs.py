@@ -11,6 +11,7 @@ in the output itself (playbook.HOSTS_PREFIX), so the grid shows them as pending 
 from __future__ import annotations
 
 import asyncio
+import configparser
 import datetime as dt
 import hashlib
 import json
@@ -54,6 +55,20 @@ RUNNER_SETTINGS = {"suppress_output_file": True, "suppress_ansible_output": True
 _END = object()
 # Not "jsonfile": runner then leaves the fact cache settings alone (see _supervise).
 _FACT_CACHE_FROM_ANSIBLE = "ansible"
+
+
+def host_key_checking(ansible_config: Path, environ: dict[str, str]) -> str:
+    """The host key checking ansible-playbook would do: ANSIBLE_HOST_KEY_CHECKING when set, else
+    [defaults] host_key_checking of the ansible.cfg in use, else Ansible's default (on). ansible-runner
+    turns it off for every run that does not say, so a console job must say what Ansible would do."""
+    if "ANSIBLE_HOST_KEY_CHECKING" in environ:
+        return environ["ANSIBLE_HOST_KEY_CHECKING"]
+    parser = configparser.ConfigParser(interpolation=None, inline_comment_prefixes=("#", ";"))
+    try:
+        parser.read(ansible_config)
+        return str(parser.getboolean("defaults", "host_key_checking", fallback=True))
+    except (configparser.Error, ValueError):
+        return "True"
 # Events the console shows; verbose/debug-only ones (e.g. runner_on_start for items) still count.
 _SLIM_RES_KEYS = ("msg", "changed", "failed", "unreachable", "skipped", "rc", "stderr", "censored", "skip_reason")
 
@@ -467,6 +482,9 @@ class JobManager:
                        "FLEETDEPLOY_ACTOR": f"console:{live.launched_by}"}
             if self.config.ansible_config:
                 envvars["ANSIBLE_CONFIG"] = str(self.config.ansible_config)
+            envvars["ANSIBLE_HOST_KEY_CHECKING"] = host_key_checking(
+                Path(envvars.get("ANSIBLE_CONFIG") or os.environ.get("ANSIBLE_CONFIG")
+                     or Path(self.config.project_dir) / "ansible.cfg"), {**os.environ, **envvars})
             if vault_cmd:
                 # The playbook may decrypt only what the redactor knows (fleetdeploy.console.playbook).
                 write_known(run_dir / "vault-known", plaintexts)

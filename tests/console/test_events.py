@@ -23,11 +23,11 @@ from fleetdeploy.console.notify import Notifier
 from fleetdeploy.console.writer import EventWriter
 
 
-def console(tmp_path: Path) -> tuple[Config, sessionmaker[Session], JobManager]:
+def console(tmp_path: Path, ansible_config: Path = FIXTURES / "ansible.cfg") -> tuple[Config, sessionmaker[Session], JobManager]:
     config = tmp_path / "console.yml"
     config.write_text(json.dumps({
         "project_dir": str(FIXTURES), "data_dir": str(tmp_path / "data"),
-        "ansible_config": str(FIXTURES / "ansible.cfg"),
+        "ansible_config": str(ansible_config),
         # A fact cache that outlives the job, as the console role sets it (ansible.cfg sets the plugin).
         "envvars": {"ANSIBLE_CACHE_PLUGIN": "jsonfile", "ANSIBLE_CACHE_PLUGIN_CONNECTION": str(tmp_path / "facts")},
         "vault": {"password_file": str(FIXTURES / "vault-password")},
@@ -158,3 +158,18 @@ def test_facts_go_to_the_fact_cache_ansible_is_set_to_use_not_into_the_run_direc
     # One file per host (ansible-core 2.19 names it s1_<host> and wraps the facts in a payload).
     cached = [f.read_text() for f in (tmp_path / "facts").glob("*web1")]
     assert len(cached) == 1 and "fixture_cached_fact" in cached[0]
+
+
+def test_a_job_checks_host_keys_as_its_ansible_cfg_says(tmp_path: Path) -> None:
+    """ansible-runner sets ANSIBLE_HOST_KEY_CHECKING=False for every run that does not set it; the console's
+    jobs must check host keys as ansible-playbook would with the same ansible.cfg (the project's says True)."""
+    ansible_cfg = tmp_path / "ansible.cfg"
+    ansible_cfg.write_text((FIXTURES / "ansible.cfg").read_text().replace("host_key_checking = False",
+                                                                           "host_key_checking = True"))
+    cfg, sessions, jobs = console(tmp_path, ansible_cfg)
+    job_id = jobs.launch(cfg.environments["fleet"], cfg.actions["facts"], None, {}, "tester")
+    assert jobs.live[job_id].done.wait(180)
+    assert status(sessions, job_id) == "successful"
+    # ansible-core 2.19 wraps the cached facts, as JSON text, in a payload.
+    cached = [json.loads(json.loads(f.read_text())["__payload__"]) for f in (tmp_path / "facts").glob("*web1")]
+    assert len(cached) == 1 and cached[0]["fixture_host_key_checking"] is True, cached
