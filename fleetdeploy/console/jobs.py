@@ -37,7 +37,7 @@ from fleetdeploy.console.db import Job, JobEvent, Release, now
 from fleetdeploy.console.grid import RELEASE_FACT, Grid
 from fleetdeploy.console.notify import Notifier
 from fleetdeploy.console.playbook import HOSTS_PREFIX, KNOWN_ENV, write_known
-from fleetdeploy.console.redact import MASK, MAX_STDOUT, SECRET_KEY, Redactor, scalars, vault_secrets, walk_files
+from fleetdeploy.console.redact import MASK, MAX_STDOUT, Redactor, scalars, secret_key, vault_secrets, walk_files
 from fleetdeploy.console.writer import EventWriter
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,9 @@ _END = object()
 # Not "jsonfile": runner then leaves the fact cache settings alone (see _supervise).
 _FACT_CACHE_FROM_ANSIBLE = "ansible"
 
+# Events the console shows; verbose/debug-only ones (e.g. runner_on_start for items) still count.
+_SLIM_RES_KEYS = ("msg", "changed", "failed", "unreachable", "skipped", "rc", "stderr", "censored", "skip_reason")
+
 
 def host_key_checking(ansible_config: Path, environ: dict[str, str]) -> str:
     """The host key checking ansible-playbook would do: ANSIBLE_HOST_KEY_CHECKING when set, else
@@ -69,8 +72,6 @@ def host_key_checking(ansible_config: Path, environ: dict[str, str]) -> str:
         return str(parser.getboolean("defaults", "host_key_checking", fallback=True))
     except (configparser.Error, ValueError):
         return "True"
-# Events the console shows; verbose/debug-only ones (e.g. runner_on_start for items) still count.
-_SLIM_RES_KEYS = ("msg", "changed", "failed", "unreachable", "skipped", "rc", "stderr", "censored", "skip_reason")
 
 
 class ShuttingDown(Exception):
@@ -265,7 +266,7 @@ def secret_extra_vars(extra_vars: dict[str, Any], schema: dict[str, Any]) -> set
     """Names of the extra vars that hold a secret: a name like a password's or token's, or `writeOnly` in the schema."""
     props = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
     return {k for k in extra_vars
-            if SECRET_KEY.search(k) or (isinstance(props.get(k), dict) and props[k].get("writeOnly") is True)}
+            if secret_key(k) or (isinstance(props.get(k), dict) and props[k].get("writeOnly") is True)}
 
 
 def slim_event(raw: dict[str, Any], redactor: Redactor) -> dict[str, Any]:

@@ -36,8 +36,6 @@ class EventWriter:
         self._queue: queue.SimpleQueue[dict[str, Any] | threading.Event] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
-        self.stored = 0
-        self.lost = 0
 
     def put(self, row: dict[str, Any]) -> None:
         """Queue one job_events row (JobEvent's columns as a dict); never waits."""
@@ -88,12 +86,10 @@ class EventWriter:
                 with self.sessions() as db:
                     db.execute(insert(JobEvent), rows)
                     db.commit()
-                self.stored += len(rows)
                 return
             except Exception:
                 if attempt == _ATTEMPTS:
                     log.exception("could not store %d events; giving them up", len(rows))
-                    self.lost += len(rows)
                     return
                 log.warning("could not store %d events (attempt %d of %d); trying again", len(rows), attempt,
                             _ATTEMPTS, exc_info=True)
