@@ -358,6 +358,115 @@ def test_a_redeploy_of_the_same_release_changes_nothing(lab: Lab) -> None:
     }, run.output[-3000:]
 
 
+def service_containers(lab: Lab) -> dict[str, list[str]]:
+    """Per app host, the full IDs of the services' containers, running or not."""
+    return {host: sorted(lab.exec(host, "docker", "ps", "--all", "--quiet", "--no-trunc", "--filter",
+                                  "label=org.fleetdeploy.service").split()) for host in lab.app_hosts()}
+
+
+def release_task(name: str, script: str, **keys: object) -> dict[str, object]:
+    """A release task of the demo service: a Python script run by the demo image's own python3."""
+    return {"name": name, "service": "demo", "command": ["python3", "-c", script], **keys}
+
+
+def test_a_failing_release_task_stops_the_deploy_before_any_host_changes(lab: Lab) -> None:
+    """The fleet on v2; a deploy of v1 whose migration fails (after checking that the demo's vault secret
+    reached it): under load, zero failed requests, no host changed (container IDs and release records),
+    the message carries the task's own last lines, and the audit record its output; at -vvv no line shows
+    the secret. A task that outlasts its timeout is killed and stops the deploy the same way; a task that
+    succeeds runs once, before a deploy that changes no host, and its output reaches the audit record."""
+    containers, records = service_containers(lab), {host: lab.record(host) for host in lab.app_hosts()}
+    failing = release_task("migrate", "import os, sys; print('migrating: add column orders.note'); "
+                                      f"assert os.environ.get('{CANARY_VARIABLE}'), 'the secret did not reach the task'; "
+                                      "print('ERROR: relation orders is locked', file=sys.stderr); sys.exit(3)")
+    before = lab.audit()
+    run, load = lab.under_load("deploy.yml", "-vvv", release="v1", deploy_release_tasks=[failing])
+    assert run.returncode != 0
+    assert_no_failures(load)
+    message = " ".join(run.output.split())
+    assert "Deploy of v1 stopped before any host changed: release task migrate failed" in message, run.output[-4000:]
+    assert "exited 3" in message and "ERROR: relation orders is locked" in message, run.output[-4000:]
+    assert lab.canary_lines(run.output) == [], "the release task's run shows the secret at -vvv"
+    assert (service_containers(lab), {host: lab.record(host) for host in lab.app_hosts()}) == (containers, records)
+    record = assert_one_audit_record(lab, before, "deploy", "failed", {host: "not reached" for host in lab.app_hosts()})
+    (task,) = record["tasks"]
+    assert (task["name"], task["host"], task["release"], task["exit_code"], task["timed_out"]) == (
+        "migrate", "app1", "v1", 3, False), task
+    assert "migrating: add column orders.note" in task["output"] and "ERROR: relation orders is locked" in task["output"]
+    # Nothing of the task stays on its host: neither its container nor its env file with the secret.
+    assert lab.exec("app1", "docker", "ps", "--all", "--quiet", "--filter", "label=org.fleetdeploy.release-task") == ""
+    assert "No such file" in lab.exec("app1", "ls", "/etc/fleetdeploy/env/release-task-migrate.env")
+
+    slow = release_task("warm-cache", "import time; print('warming', flush=True); time.sleep(600)", timeout=3)
+    run = lab.play("deploy.yml", release="v1", deploy_release_tasks=[slow])
+    assert run.returncode != 0
+    message = " ".join(run.output.split())
+    assert "release task warm-cache failed" in message and "ran out of its timeout of 3 s" in message, run.output[-4000:]
+    assert "warming" in message
+    assert lab.exec("app1", "docker", "ps", "--all", "--quiet", "--filter", "label=org.fleetdeploy.release-task") == ""
+
+    before = lab.audit()
+    passing = release_task("migrate", "print('migrated: orders.note added')")
+    lab.play("deploy.yml", release="v2", deploy_release_tasks=[passing]).check()
+    record = assert_one_audit_record(lab, before, "deploy", "ok", {host: "unchanged" for host in lab.app_hosts()})
+    assert [(t["name"], t["exit_code"], t["output"]) for t in record["tasks"]] == [
+        ("migrate", 0, ["migrated: orders.note added"])], record["tasks"]
+    assert (service_containers(lab), {host: lab.record(host) for host in lab.app_hosts()}) == (containers, records)
+
+
+def worker_events(lab: Lab, host: str, since: str, service: str) -> list[tuple[str, str, str]]:
+    """The host's Docker events of the service's containers since `since` (the host's epoch seconds):
+    (action, container name, exit code) in order; the stream ends at the host's clock now."""
+    until = lab.exec(host, "date", "+%s").strip()
+    lines = lab.exec(host, "docker", "events", "--since", since, "--until", until, "--filter", "type=container",
+                     "--filter", f"label=org.fleetdeploy.service={service}",
+                     "--format", "{{.Action}} {{.Actor.Attributes.name}} {{.Actor.Attributes.exitCode}}").splitlines()
+    return [tuple((line.split() + ["", ""])[:3]) for line in lines if line.split()[0] in ("start", "kill", "die")]
+
+
+def test_a_worker_starts_before_its_old_copy_stops_and_a_singleton_never_runs_twice(lab: Lab) -> None:
+    """Two workers from the demo image (its server stands in for a queue consumer: on SIGTERM it finishes
+    what it holds and exits 0): `consumer` on every app host, and `scheduler`, a singleton. Deployed at v1
+    (the demo kept at v2), then v2 under load, every host at once: on every host the new consumer starts before the old one
+    gets SIGTERM, and the old one exits 0 within its grace period; the scheduler runs on app1 alone, and
+    its old copy has exited before the new one starts. Zero failed requests throughout."""
+    services = yaml.safe_load((REPO / "inventories" / "local" / "group_vars" / "all" / "services.yml").read_text())
+    demo = services["deploy_services"][0]
+    common = {key: demo[key] for key in ("image", "group", "env", "memory", "cpus", "tmpfs")}
+    workers = [dict(common, name="consumer", kind="worker", stop_grace_period=10),
+               dict(common, name="scheduler", kind="worker", singleton=True, stop_grace_period=10)]
+    with_workers = [demo, *workers]
+    try:
+        # Every host at once (a batch of 100%): only workers change, which no host drains for.
+        lab.play("deploy.yml", release="v1", deploy_services=with_workers, deploy_release_overrides={"demo": "v2"},
+                 deploy_serial="100%").check()
+        since = {host: lab.exec(host, "date", "+%s").strip() for host in lab.app_hosts()}
+        run, load = lab.under_load("deploy.yml", release="v2", deploy_services=with_workers, deploy_serial="100%")
+        run.check()
+        assert_no_failures(load)
+        for host in lab.app_hosts():
+            consumer = worker_events(lab, host, since[host], "consumer")
+            assert [(action, name) for action, name, _ in consumer] == [
+                ("start", "consumer-b"), ("kill", "consumer-a"), ("die", "consumer-a")], (host, consumer)
+            assert consumer[-1][2] == "0", (host, consumer)  # a clean exit on SIGTERM, not a SIGKILL (137)
+            running = lab.exec(host, "docker", "ps", "--filter", "label=org.fleetdeploy.service=scheduler",
+                               "--format", "{{.Names}} {{.Label \"org.fleetdeploy.release\"}}").split("\n")
+            scheduler = worker_events(lab, host, since[host], "scheduler")
+            if host == "app1":
+                assert running[0] == "scheduler-b v2", running
+                assert [(action, name) for action, name, _ in scheduler] == [
+                    ("kill", "scheduler-a"), ("die", "scheduler-a"), ("start", "scheduler-b")], scheduler
+            else:
+                assert running == [""] and scheduler == [], (host, running, scheduler)
+        assert [lab.record("app1", service)["current"] for service in ("consumer", "scheduler")] == ["v2", "v2"]
+    finally:
+        for host in lab.app_hosts():
+            for service in ("consumer", "scheduler"):
+                lab.exec(host, "sh", "-c", f"docker rm -f $(docker ps -aq --filter label=org.fleetdeploy.service={service}) "
+                                           f"; rm -f /var/lib/fleetdeploy/releases/{service}.json "
+                                           f"/var/lib/prometheus/node-exporter/fleetdeploy_release_{service}.prom")
+
+
 def test_the_deployed_containers_run_read_only_with_limits_and_a_health_check(lab: Lab) -> None:
     """What docker-bench-security checks of the containers the deploy started (4.6, 5.13, 5.25, 5.26,
     5.27, 5.29; docs/security.md): a read-only root with a tmpfs /tmp, a PIDs limit, no capabilities, no
@@ -663,3 +772,29 @@ def test_a_failed_site_run_leaves_one_audit_record(lab: Lab) -> None:
     assert run.returncode != 0
     assert run.recap()["app2"]["failed"] + run.recap()["app2"]["unreachable"] == 1, run.output[-3000:]
     assert_one_audit_record(lab, before, "site", "failed", {"app2": "failed", "ops1": "ok"})
+
+
+def test_a_tag_whose_image_is_unchanged_keeps_its_containers(lab: Lab) -> None:
+    """Last, because it moves release records to a new tag that the earlier tests' records do not expect.
+    The lock TTL test left app1 on another release than the other hosts; `<theirs>-same` is their image
+    under another tag, as when a release rebuilt other services only. Its deploy swaps app1 alone: the
+    others keep their containers, their records move to the new tag, and the audit names them unchanged."""
+    hosts = lab.app_hosts()
+    theirs = lab.release_on(hosts[1])
+    assert lab.release_on(hosts[0]) != theirs and {lab.release_on(h) for h in hosts[1:]} == {theirs}
+    same = f"{theirs}-same"
+    lab.exec("ops1", "docker", "pull", f"ops:5000/demo:{theirs}")
+    lab.exec("ops1", "docker", "tag", f"ops:5000/demo:{theirs}", f"ops:5000/demo:{same}")
+    pushed = lab.exec("ops1", "docker", "push", f"ops:5000/demo:{same}")
+    assert "digest: sha256:" in pushed, pushed
+    containers = service_containers(lab)
+    before = lab.audit()
+    run, load = lab.under_load("deploy.yml", release=same)
+    run.check()
+    assert_no_failures(load)
+    after = service_containers(lab)
+    assert [host for host in hosts if after[host] != containers[host]] == [hosts[0]], (containers, after)
+    assert [lab.release_on(h) for h in hosts] == [theirs] * len(hosts)  # the same bytes everywhere
+    assert [lab.record(h)["current"] for h in hosts] == [same] * len(hosts)
+    assert_one_audit_record(lab, before, "deploy", "ok", {host: "changed" if host == hosts[0] else "unchanged"
+                                                          for host in hosts})
