@@ -1,0 +1,40 @@
+"""The one home of the upload operations, for the pages and the API alike."""
+
+from __future__ import annotations
+
+import hashlib
+
+from django.conf import settings
+from django.contrib.auth.models import AbstractBaseUser
+from django.core.files.uploadedfile import UploadedFile
+from django.db.models import QuerySet
+
+from fdweb.models import Upload
+
+
+class UploadRefused(ValueError):
+    pass
+
+
+def store(owner: AbstractBaseUser, upload: UploadedFile) -> Upload:
+    """Store the file in S3 and record it; the record is written only once S3 has the bytes."""
+    if upload.size is None or upload.size > settings.WEB_UPLOAD_MAX_BYTES:
+        raise UploadRefused(f"files up to {settings.WEB_UPLOAD_MAX_BYTES} bytes")
+    digest = hashlib.sha256()
+    for chunk in upload.chunks():
+        digest.update(chunk)
+    upload.seek(0)
+    name = (upload.name or "upload").rsplit("/", 1)[-1][:200]
+    record = Upload(owner=owner, name=name, size=upload.size, sha256=digest.hexdigest(),
+                    content_type=(upload.content_type or "application/octet-stream")[:100])
+    record.file.save(name, upload, save=False)  # S3 PutObject: raises if the store refuses
+    record.save()
+    return record
+
+
+def of(owner: AbstractBaseUser) -> QuerySet[Upload]:
+    return Upload.objects.filter(owner=owner)
+
+
+def get(owner: AbstractBaseUser, upload_id: int) -> Upload:
+    return Upload.objects.get(owner=owner, pk=upload_id)

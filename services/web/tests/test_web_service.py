@@ -1,0 +1,223 @@
+"""The web service for real: its image on the machine's Docker engine, Debian's PostgreSQL and Redis,
+moto's server as S3, a stand-in tracking service. Sessions outlive the container that made them,
+uploads come back byte for byte from S3, /readyz follows Redis, the parcel page survives a tracking
+service that is down, and SIGTERM lets the request in flight finish."""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import boto3
+import httpx
+import pytest
+
+from conftest import BUCKET, CANARIES, SERVICE, Backing, Fleet, Tracking, Web, docker, wait_until, web_port
+from moto_endpoint import MotoEndpoint
+
+pytestmark = pytest.mark.slow
+
+USER, PASSWORD = "demo", f"demo-{secrets.token_hex(8)}"
+
+
+@dataclass
+class App:
+    web: Web
+    migrated: list[str]
+    collected: str
+
+
+@pytest.fixture(scope="module")
+def app(fleet: Fleet) -> Iterator[App]:
+    """The release tasks, then one web container."""
+    migrated = []
+    for _ in range(2):
+        done = fleet.task("manage.py", "migrate", "--noinput")
+        assert done.returncode == 0, done.stdout + done.stderr
+        migrated.append(done.stdout)
+    collected = fleet.task("manage.py", "collectstatic", "--noinput")
+    assert collected.returncode == 0, collected.stdout + collected.stderr
+    user = fleet.task("manage.py", "ensure_user", USER, stdin=PASSWORD + "\n")
+    assert user.returncode == 0 and f"user {USER} created" in user.stdout, user.stdout + user.stderr
+    yield App(web=fleet.start("a", web_port(0)), migrated=migrated, collected=collected.stdout)
+
+
+def signed_in(web: Web) -> httpx.Client:
+    client = httpx.Client(base_url=web.url, timeout=30)
+    client.get("/accounts/login/").raise_for_status()
+    answer = client.post("/accounts/login/", data={"username": USER, "password": PASSWORD,
+                                                   "csrfmiddlewaretoken": client.cookies["csrftoken"]})
+    assert answer.status_code == 302 and answer.headers["location"] == "/", answer.text[-2000:]
+    return client
+
+
+def test_the_release_tasks_migrate_and_publish_hashed_static_files(app: App, s3: MotoEndpoint) -> None:
+    assert "Applying fdweb.0001_initial" in app.migrated[0]
+    assert "No migrations to apply" in app.migrated[1]
+    assert "static file" in app.collected and "post-processed" in app.collected
+    page = httpx.get(f"{app.web.url}/", timeout=30)
+    assert page.status_code == 200
+    assert page.headers["connection"] == "close"  # nginx must not keep a connection uWSGI closes
+    css = re.search(rf'href="({re.escape(s3.url)}/{BUCKET}/static/fdweb/site\.[0-9a-f]{{12}}\.css)"', page.text)
+    assert css, page.text
+    served = httpx.get(css[1], timeout=30)
+    assert served.status_code == 200
+    assert served.content == (SERVICE / "fdweb" / "static" / "fdweb" / "site.css").read_bytes()
+
+
+def test_a_sign_in_survives_the_container_being_replaced(app: App, fleet: Fleet, backing: Backing) -> None:
+    assert httpx.get(f"{app.web.url}/api/me", timeout=30).status_code == 401
+    client = signed_in(app.web)
+    assert client.get("/api/me").json() == {"username": USER}
+    session = client.cookies["sessionid"]
+    assert backing.redis_cli("exists", f"session:1:django.contrib.sessions.cache{session}") == "1"
+
+    app.web.remove()
+    other = fleet.start("b", web_port(1))
+    try:
+        again = httpx.Client(base_url=other.url, cookies=client.cookies, timeout=30)
+        assert again.get("/api/me").json() == {"username": USER}
+        assert again.get("/uploads/").status_code == 200
+    finally:
+        other.remove()
+        app.web = fleet.start("a", web_port(0))
+
+
+def test_an_upload_round_trips_byte_for_byte_through_s3(app: App, s3: MotoEndpoint) -> None:
+    client = signed_in(app.web)
+    content = secrets.token_bytes(3 * 1024 * 1024 + 17)  # above the 2.5 MB kept in memory: spooled to /tmp
+    posted = client.post("/api/uploads", files={"file": ("report.bin", content, "application/octet-stream")},
+                         headers={"X-CSRFToken": client.cookies["csrftoken"]})
+    assert posted.status_code == 201, posted.text
+    upload = posted.json()
+    downloaded = client.get(upload["download"])
+    assert downloaded.status_code == 200 and downloaded.content == content
+
+    bucket = boto3.client("s3", endpoint_url=s3.url, region_name="eu-west-1", aws_access_key_id="testing",
+                          aws_secret_access_key="testing")
+    keys = [o["Key"] for o in bucket.list_objects_v2(Bucket=BUCKET, Prefix="uploads/")["Contents"]]
+    assert len(keys) == 1 and keys[0].endswith("/report.bin"), keys
+    assert bucket.get_object(Bucket=BUCKET, Key=keys[0])["Body"].read() == content
+    assert httpx.get(f"{s3.url}/{BUCKET}/{keys[0]}", timeout=30).status_code == 403  # not public, unlike static/
+    assert upload["id"] in [u["id"] for u in client.get("/api/uploads").json()["uploads"]]
+    assert httpx.get(f"{app.web.url}{upload['download']}", timeout=30).status_code == 401
+
+
+def test_readyz_is_503_while_redis_is_down_and_ready_again_after(app: App, backing: Backing) -> None:
+    ready = httpx.get(f"{app.web.url}/readyz", timeout=30)
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["checks"] == {"postgresql": "ok", "redis": "ok", "s3": "ok"}
+    for _ in range(8):  # connections to Redis in every worker's pool, which the restart breaks
+        httpx.get(f"{app.web.url}/readyz", timeout=30)
+    backing.stop_redis()
+    try:
+        down = httpx.get(f"{app.web.url}/readyz", timeout=30)
+        assert down.status_code == 503, down.text
+        checks = down.json()["checks"]
+        assert checks["postgresql"] == "ok" and checks["s3"] == "ok" and checks["redis"].startswith("failed")
+        assert httpx.get(f"{app.web.url}/healthz", timeout=30).status_code == 200
+    finally:
+        backing.start_redis()
+    assert httpx.get(f"{app.web.url}/readyz", timeout=30).status_code == 200  # no restart of the web
+    # The sessions went with that Redis (it keeps nothing on disk here); a new one works in every worker.
+    client = signed_in(app.web)
+    assert [client.get("/api/me").status_code for _ in range(8)] == [200] * 8
+
+
+def test_the_parcel_page_shows_the_history_or_a_clear_error_when_tracking_is_down(
+        app: App, fleet: Fleet, tracking: Tracking) -> None:
+    shown = httpx.get(f"{app.web.url}/parcels/FD-1001", timeout=30)
+    assert shown.status_code == 200 and "out for delivery" in shown.text and "Paris" in shown.text, app.web.logs()[-4000:]
+    assert "2026-12-02T07:30:00Z" in shown.text, app.web.logs()[-4000:]
+    assert httpx.get(f"{app.web.url}/parcels/FD-0000", timeout=30).status_code == 404
+
+    tracking.hold = threading.Event()  # answers nothing: the web's TRACKING_TIMEOUT (2 s) runs out
+    try:
+        slow = httpx.get(f"{app.web.url}/parcels/FD-1001", timeout=30)
+    finally:
+        tracking.hold.set()
+        tracking.hold = None
+    assert slow.status_code == 503 and 'id="tracking-unavailable"' in slow.text
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    down = fleet.start("down", web_port(2), TRACKING_URL=f"http://127.0.0.1:{closed}")
+    try:
+        page = httpx.get(f"{down.url}/parcels/FD-1001", timeout=30)
+        assert page.status_code == 503
+        assert "Parcel tracking is unavailable right now" in page.text
+        assert httpx.get(f"{down.url}/", timeout=30).status_code == 200  # the rest of the site works
+        assert signed_in(down).get("/api/me").json() == {"username": USER}
+    finally:
+        down.remove()
+
+
+def test_sigterm_lets_the_request_in_flight_finish(app: App, fleet: Fleet, tracking: Tracking) -> None:
+    web = fleet.start("term", web_port(2), TRACKING_TIMEOUT="120", WEB_PROCESSES="2")
+    answers: list[httpx.Response | Exception] = []
+
+    def request() -> None:
+        try:
+            answers.append(httpx.get(f"{web.url}/parcels/FD-1001", timeout=120))
+        except httpx.HTTPError as error:
+            answers.append(error)
+
+    tracking.hold, tracking.arrived = threading.Event(), threading.Event()
+    client = threading.Thread(target=request)
+    try:
+        client.start()
+        assert tracking.arrived.wait(60), "the parcel request never reached the tracking service"
+        docker("kill", "--signal", "TERM", web.name)
+
+        def signalled() -> bool:
+            """The idle worker has gone (of the master and two workers), or the whole container has."""
+            top = docker("top", web.name, check=False)
+            return top.returncode != 0 or len(top.stdout.strip().splitlines()) - 1 < 3
+
+        wait_until("uWSGI to act on SIGTERM", signalled, timeout=60)
+        tracking.hold.set()
+        client.join(120)
+    finally:
+        tracking.hold.set()
+        tracking.hold = None
+    answer = answers[0]
+    assert isinstance(answer, httpx.Response), f"the request in flight failed: {answer!r}\n{web.logs()[-3000:]}"
+    assert answer.status_code == 200 and "out for delivery" in answer.text
+    exit_code = docker("wait", web.name, timeout=120).stdout.strip()
+    assert exit_code == "0", web.logs()[-3000:]
+
+
+def test_a_configuration_error_is_one_line_that_names_the_variable_not_the_secret(fleet: Fleet) -> None:
+    canary = f"url-canary-{secrets.token_hex(6)}"
+    done = fleet.task("manage.py", "check", DJANGO_SECRET_KEY="",
+                      DATABASE_URL=f"postgresql://web:{canary}@127.0.0.1/web")
+    assert done.returncode == 78, done.stdout + done.stderr
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    assert len(lines) == 1, lines
+    message = json.loads(lines[0])["msg"]
+    assert "DJANGO_SECRET_KEY is required" in message and "DATABASE_PASSWORD holds it" in message
+    assert canary not in lines[0]
+
+
+def test_every_log_line_is_json_and_carries_no_secret(app: App, fleet: Fleet) -> None:
+    """Last in the module: every container it started has logged by now. stdout is JSON lines only;
+    stderr has only what uWSGI prints before its logging starts."""
+    signed_in(app.web).get("/uploads/")
+    for web in fleet.started:
+        stdout, stderr = web.streams()
+        assert stdout, web.name
+        for line in stdout.splitlines():
+            entry = json.loads(line)
+            assert isinstance(entry, dict) and "msg" in entry, line
+        for line in stderr.splitlines():
+            assert line.startswith(("[uWSGI] getting INI configuration", "[log-encoder] registered")), line
+        for canary in CANARIES:
+            assert canary not in stdout + stderr, f"a secret is in {web.name}'s logs"
+    requests = [json.loads(line) for line in app.web.streams()[0].splitlines() if '"fdweb.request"' in line]
+    assert any(r.get("path") == "/uploads/" and r.get("status") == 200 and r.get("user_id") for r in requests)
