@@ -8,7 +8,7 @@ echo "lint: yamllint"
 yamllint --strict .
 
 echo "lint: ansible-playbook --syntax-check"
-for playbook in ./*.yml playbooks/*.yml; do
+for playbook in ./*.yml playbooks/*.yml playbooks/aws/*.yml; do
   case "$playbook" in ./requirements.yml) continue ;; esac
   ansible-playbook --syntax-check "$playbook" >/dev/null
 done

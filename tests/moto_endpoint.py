@@ -8,11 +8,69 @@ import io
 import threading
 import time
 import urllib.parse
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from moto.dynamodb.models.table import Table
+from moto.elasticache.models import CacheCluster, ElastiCacheBackend
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 from werkzeug.serving import make_server
+
+
+# moto 5.2.5 answers a few calls unlike AWS where playbooks/aws needs them (docs/aws.md, "Tests and what
+# moto could not check"); each correction below makes moto answer as AWS does, nothing more.
+
+
+def _describe_with_table_id(describe: Any) -> Any:
+    """DescribeTable without TableId, which AWS always returns and community.aws.dynamodb_table reads:
+    a stable one per table."""
+
+    def wrapped(self: Table, base_key: str = "TableDescription") -> dict[str, Any]:
+        result: dict[str, Any] = describe(self, base_key)
+        result[base_key].setdefault("TableId", str(uuid.uuid5(uuid.NAMESPACE_URL, self.table_arn)))
+        return result
+
+    return wrapped
+
+
+def _cache_nodes(self: CacheCluster) -> list[dict[str, Any]]:
+    """DescribeCacheClusters without cache nodes, which AWS returns with ShowCacheNodeInfo and
+    community.aws.elasticache reads (the port) on every run after the first: one node per node of the
+    cluster, with the cluster's own port and an address of AWS's form."""
+    return [{"CacheNodeId": f"{n:04d}", "CacheNodeStatus": "available",
+             "Endpoint": {"Address": f"{self.cache_cluster_id}.moto.{n:04d}.cache.amazonaws.com", "Port": self.port}}
+            for n in range(1, int(self.num_cache_nodes) + 1)]
+
+
+def _cache_security_groups(self: CacheCluster) -> list[dict[str, str]]:
+    """...nor its VPC security groups, which AWS lists and the module compares."""
+    return [{"SecurityGroupId": group, "Status": "active"} for group in self.security_group_ids]
+
+
+def _delete_and_forget(delete: Any) -> Any:
+    """A deleted cache cluster stays "deleting" for ever, so community.aws.elasticache's wait (which has no
+    timeout) never ends; AWS forgets it once the deletion ends: here at once."""
+
+    def wrapped(self: ElastiCacheBackend, cache_cluster_id: str) -> CacheCluster:
+        cluster: CacheCluster = delete(self, cache_cluster_id)
+        self.cache_clusters.pop(cache_cluster_id, None)
+        return cluster
+
+    return wrapped
+
+
+def _answer_as_aws_does() -> None:
+    if hasattr(CacheCluster, "cache_nodes"):  # done already in this process
+        return
+    setattr(Table, "describe", _describe_with_table_id(Table.describe))
+    setattr(CacheCluster, "cache_nodes", property(_cache_nodes))
+    setattr(CacheCluster, "cache_security_groups", property(lambda self: []))  # none in a VPC
+    setattr(CacheCluster, "security_groups", property(_cache_security_groups))
+    setattr(ElastiCacheBackend, "delete_cache_cluster", _delete_and_forget(ElastiCacheBackend.delete_cache_cluster))
+
+
+_answer_as_aws_does()
 
 
 @dataclass
@@ -63,6 +121,12 @@ class MotoEndpoint:
 
     def __exit__(self, *_exc: object) -> None:
         self.server.shutdown()
+
+    def reset(self) -> None:
+        """Forget every resource: moto's state is the process's, shared by every endpoint a test starts."""
+        import urllib.request
+
+        urllib.request.urlopen(urllib.request.Request(f"{self.url}/moto-api/reset", method="POST")).read()
 
     def env(self) -> dict[str, str]:
         return {
