@@ -107,7 +107,6 @@ def test_cancel_stops_the_whole_process_group(ci: Client) -> None:
         raise AssertionError("the long task never started")
     wait_for_long_task(ci.server.config, job_id, timeout=deadline - time.monotonic())
     # serve dropped the secret-bearing variables once read: the playbook's processes never see them.
-    from conftest import SECRETS
 
     for pid in job_processes(ci.server.config, job_id):
         environ = process_environ(pid)

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 import pytest
 
-from conftest import PASSWORDS, SECRETS, SEEN, Client, Server
+from conftest import PASSWORDS, SECRETS, SEEN, Client, Server, cli
 
 
 def job_count(admin: Client) -> int:
@@ -84,8 +84,6 @@ def test_scoped_deployer_cannot_touch_other_environments(server: Server, admin: 
 
 def _login_scoped(server: Server) -> Client:
     # "stager" may be rate-limited by the test above; a fresh scoped user keeps this test independent.
-    from conftest import cli
-
     done = cli(server.config, "create-user", "stager2", "--role", "deployer", "--environments", "staging",
                "--password-stdin", stdin="stager2-password-1234\n")
     assert done.returncode == 0, done.stderr
@@ -357,8 +355,6 @@ def test_failed_sign_ins_lock_the_address_and_name_not_the_name(server: Server, 
 
 
 def test_a_password_change_ends_the_users_sessions_and_sign_out_can_end_all(server: Server, admin: Client) -> None:
-    from conftest import cli
-
     _add_user(admin, "changer", "viewer")
     first, second = Client(server, "changer"), Client(server, "changer")
     done = cli(server.config, "create-user", "changer", "--role", "viewer", "--update", "--password-stdin",
