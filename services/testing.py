@@ -314,6 +314,17 @@ class Container:
         _docker("rm", "-f", self.name, check=False)
 
 
+@contextmanager
+def serving(image: str, name: str, env: dict[str, str], *command: str) -> Iterator[Container]:
+    """A service container that answers GET /healthz on its published port; removed on exit."""
+    container = Container.run(image, name, env, *command)
+    try:
+        container.wait_until_answers()
+        yield container
+    finally:
+        container.remove()
+
+
 def run_once(image: str, name: str, env: dict[str, str], *command: str) -> subprocess.CompletedProcess[str]:
     """A one-off container (a release task), hardened like the service's, removed when it ends."""
     args = ["run", "--rm", "--name", name, "--network", NETWORK, "--read-only", "--tmpfs", "/tmp:size=64m",
