@@ -1,5 +1,6 @@
 """Build time and size of each service image, built as the tests and the build playbook build it (the
-lab's Debian 12 host image as BASE_IMAGE, the build host's extra CAs). Prints JSON.
+lab's Debian 12 host image as BASE_IMAGE, the build context of services/testing.build_context: the
+service's folder, services/shared/ as shared/, the build host's extra CAs). Prints JSON.
 
 Per service: a cold build (--no-cache: apt and PyPI downloads included), the same build again (every
 layer cached: what a deploy of an unchanged release pays), and a build after a change of the
@@ -11,7 +12,6 @@ Usage: .venv/bin/python benchmarks/service_images.py [service ...]   (default: e
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -19,8 +19,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-BASE_IMAGE = "fleetdeploy/host:debian12"
-LOCAL_CA_DIR = Path("/usr/local/share/ca-certificates")
+sys.path[:0] = [str(REPO / "services"), str(REPO / "tests")]  # testing, and the helpers it imports
+
+from testing import HOST_IMAGE as BASE_IMAGE  # noqa: E402
+from testing import build_context  # noqa: E402
 
 
 def build(context: Path, tag: str, *extra: str) -> float:
@@ -40,9 +42,7 @@ def measure(service: str) -> dict[str, object]:
     tag = f"fdbench-services/{service}:bench"
     with tempfile.TemporaryDirectory(prefix=f"fdbench-{service}-") as folder:
         context = Path(folder)
-        shutil.copytree(REPO / "services" / service, context, dirs_exist_ok=True)
-        cas = sorted(LOCAL_CA_DIR.rglob("*.crt")) if LOCAL_CA_DIR.is_dir() else []
-        (context / "extra-ca.crt").write_text("".join(ca.read_text() for ca in cas))
+        build_context(service, context)  # the build context the tests and the build playbook use
         cold = build(context, tag, "--no-cache")
         cached = build(context, tag)
         package = context / service

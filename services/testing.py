@@ -211,6 +211,17 @@ def release_backing() -> None:
             _docker("network", "rm", NETWORK, check=False)
 
 
+def build_context(service: str, folder: Path) -> None:
+    """Fill `folder` with the build context of services/<service>, by the rule roles/image_build follows
+    (services/shared/README.md): the service's folder, services/shared/ as shared/, and the CAs this
+    host trusts beyond Debian's as extra-ca.crt. Tests and caches are left out."""
+    skip = shutil.ignore_patterns("tests", "__pycache__")
+    shutil.copytree(SERVICES / service, folder, dirs_exist_ok=True, ignore=skip)
+    shutil.copytree(SERVICES / "shared", folder / "shared", dirs_exist_ok=True, ignore=skip)
+    cas = sorted(LOCAL_CA_DIR.rglob("*.crt")) if LOCAL_CA_DIR.is_dir() else []
+    (folder / "extra-ca.crt").write_text("".join(ca.read_text() for ca in cas))
+
+
 def build_image(service: str) -> str:
     """Build services/<service> from the host image as BASE_IMAGE, as the build playbook would; its tag.
     Once per session: the first test process to ask builds it under the tag's lock, the rest reuse it."""
@@ -223,10 +234,7 @@ def build_image(service: str) -> str:
         if built and _docker("image", "inspect", tag, check=False).returncode == 0:
             return tag
         with tempfile.TemporaryDirectory(prefix=f"{PREFIX}-{service}-") as context:
-            shutil.copytree(SERVICES / service, context, dirs_exist_ok=True,
-                            ignore=shutil.ignore_patterns("tests", "__pycache__"))
-            cas = sorted(LOCAL_CA_DIR.rglob("*.crt")) if LOCAL_CA_DIR.is_dir() else []
-            Path(context, "extra-ca.crt").write_text("".join(ca.read_text() for ca in cas))
+            build_context(service, Path(context))
             _docker("build", "-q", "-t", tag, "--build-arg", f"BASE_IMAGE={HOST_IMAGE}",
                     "--build-arg", "RELEASE=test", context, timeout=1800)
         with _registry() as record:
@@ -304,6 +312,17 @@ class Container:
 
     def remove(self) -> None:
         _docker("rm", "-f", self.name, check=False)
+
+
+@contextmanager
+def serving(image: str, name: str, env: dict[str, str], *command: str) -> Iterator[Container]:
+    """A service container that answers GET /healthz on its published port; removed on exit."""
+    container = Container.run(image, name, env, *command)
+    try:
+        container.wait_until_answers()
+        yield container
+    finally:
+        container.remove()
 
 
 def run_once(image: str, name: str, env: dict[str, str], *command: str) -> subprocess.CompletedProcess[str]:

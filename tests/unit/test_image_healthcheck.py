@@ -24,6 +24,7 @@ PLAY = """\
 def test_the_build_refuses_a_service_image_without_a_healthcheck(tmp_path: Path) -> None:
     services = tmp_path / "services"
     shutil.copytree(REPO / "services" / "demo", services / "demo")
+    shutil.copytree(REPO / "services" / "shared", services / "shared")  # image_build_shared_dir's default
     for name in ("plain", "own-check"):
         (services / name).mkdir()
         (services / name / "Dockerfile").write_text('FROM debian:bookworm\nCMD ["sleep", "infinity"]\n')

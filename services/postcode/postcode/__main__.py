@@ -10,37 +10,17 @@ healthcheck  the image's HEALTHCHECK: GET /healthz
 
 from __future__ import annotations
 
-import logging
 import sys
-from http.client import HTTPConnection
 
-from . import logs
-from .config import ConfigError, Settings
+from fdservice import cli
 
-log = logging.getLogger("postcode")
-
-
-def healthcheck(settings: Settings) -> int:
-    connection = HTTPConnection("127.0.0.1", settings.port, timeout=3)
-    try:
-        connection.request("GET", "/healthz")
-        return 0 if connection.getresponse().status == 200 else 1
-    except OSError:
-        return 1
-    finally:
-        connection.close()
+from .config import Settings
 
 
 def serve(settings: Settings) -> int:
-    import uvicorn
-
     from .api import create_app
 
-    config = uvicorn.Config(create_app(settings), host="0.0.0.0", port=settings.port, log_config=None,
-                            access_log=False, server_header=False, proxy_headers=False,
-                            timeout_graceful_shutdown=settings.graceful_timeout)
-    uvicorn.Server(config).run()  # installs its own SIGTERM/SIGINT handlers: stop accepting, drain, exit
-    return 0
+    return cli.serve(create_app(settings), settings)
 
 
 def migrate(settings: Settings) -> int:
@@ -58,25 +38,13 @@ def load(settings: Settings) -> int:
     return 0
 
 
+def healthcheck(settings: Settings) -> int:
+    return cli.answers_health(settings.port)
+
+
 def main(argv: list[str]) -> int:
-    try:
-        settings = Settings.from_env()
-    except ConfigError as error:
-        print(f"postcode: {error}", file=sys.stderr)
-        return 2
-    command = argv[0] if argv else "serve"
-    if command == "healthcheck":
-        return healthcheck(settings)
-    logs.setup(settings.log_level, settings.release)
-    commands = {"serve": serve, "load": load, "migrate": migrate}
-    if command not in commands or len(argv) > 1:
-        print(__doc__, file=sys.stderr)
-        return 2
-    try:
-        return commands[command](settings)
-    except Exception:
-        log.exception("%s failed", command)
-        return 1
+    commands = {"serve": serve, "load": load, "migrate": migrate, cli.HEALTHCHECK: healthcheck}
+    return cli.main("postcode", argv, Settings.from_env, commands, lambda _settings: "serve", __doc__ or "")
 
 
 if __name__ == "__main__":

@@ -11,59 +11,25 @@ Search answers carry X-Cache: hit, miss, or bypass (Redis unavailable).
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
-import psycopg
 import redis
-from fastapi import FastAPI, HTTPException, Query, Request, Response
-from fastapi.responses import JSONResponse
-from psycopg_pool import ConnectionPool
+from fastapi import FastAPI, HTTPException, Query, Response
 
-from . import cache, dataset, logs, search
+from fdservice import api, logs
+
+from . import cache, dataset, search
 from .config import Settings
 
 log = logging.getLogger("postcode.api")
-access = logging.getLogger("postcode.access")
 
 
 def create_app(settings: Settings) -> FastAPI:
-    pool = ConnectionPool(min_size=1, max_size=settings.db_pool_size, open=False, timeout=10,
-                          kwargs={"autocommit": True, "application_name": "postcode-api"})
+    pool = api.pool(settings, "postcode-api")
     redis_client = cache.client(settings)
     data_version = dataset.version()
-
-    @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        pool.open(wait=False)
-        logs.event(log, "listening", port=settings.port, data_version=data_version)
-        yield
-        pool.close()
-        redis_client.close()
-        logs.event(log, "stopped after finishing in-flight requests")
-
-    app = FastAPI(title="postcode", lifespan=lifespan, docs_url=None, redoc_url=None,
-                  openapi_url="/postcode/openapi.json")
-
-    @app.middleware("http")
-    async def access_log(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        started = time.perf_counter()
-        response = await call_next(request)
-        logs.event(access, "request", method=request.method, path=request.url.path, status=response.status_code,
-                   cache=response.headers.get("x-cache"), duration_ms=round((time.perf_counter() - started) * 1000, 2),
-                   client=request.client.host if request.client else None)
-        return response
-
-    @app.exception_handler(psycopg.OperationalError)
-    async def database_down(_request: Request, error: psycopg.OperationalError) -> JSONResponse:
-        logs.event(log, "database unavailable", logging.ERROR, error=str(error).strip())
-        return JSONResponse({"detail": "database unavailable"}, status_code=503)
-
-    @app.get("/healthz")
-    def healthz() -> dict[str, str]:
-        return {"status": "ok", "release": settings.release}
+    app = api.create_app("postcode", settings, pool, redis_client, data_version=data_version,
+                         access_fields=lambda response: {"cache": response.headers.get("x-cache")})
 
     @app.get("/readyz")
     def readyz(response: Response) -> dict[str, Any]:

@@ -14,7 +14,8 @@ from typing import Any
 
 import redis
 
-from . import logs
+from fdservice import logs
+
 from .config import Settings
 
 log = logging.getLogger("postcode.cache")

@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 from countrystatecity_postal_codes import get_postcodes_of_country
 
-from . import logs
+from fdservice import logs
 
 log = logging.getLogger("postcode.load")
 

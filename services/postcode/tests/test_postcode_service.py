@@ -58,12 +58,8 @@ def loads(image: str, env: dict[str, str], db: psycopg.Connection[Any]) -> list[
 
 @pytest.fixture(scope="module")
 def api(image: str, env: dict[str, str], loads: Any) -> Iterator[testing.Container]:
-    container = testing.Container.run(image, f"{NAME}-api", env)
-    try:
-        container.wait_until_answers()
+    with testing.serving(image, f"{NAME}-api", env) as container:
         yield container
-    finally:
-        container.remove()
 
 
 def test_the_load_release_task_loads_each_country_once(loads: list[list[dict[str, Any]]],

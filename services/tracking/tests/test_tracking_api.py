@@ -44,12 +44,8 @@ def migrated(image: str, env: dict[str, str]) -> None:
 
 @pytest.fixture(scope="module")
 def api(image: str, env: dict[str, str], migrated: None) -> Iterator[testing.Container]:
-    container = testing.Container.run(image, f"{NAME}-api", env)
-    try:
-        container.wait_until_answers()
+    with testing.serving(image, f"{NAME}-api", env) as container:
         yield container
-    finally:
-        container.remove()
 
 
 def new_code() -> str:

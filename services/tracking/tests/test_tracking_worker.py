@@ -6,7 +6,8 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import httpx
@@ -76,20 +77,51 @@ def wait_until(predicate: Any, what: str, timeout: float = 90) -> None:
         time.sleep(0.1)
 
 
-def start_worker(image: str, env: dict[str, str], name: str) -> testing.Container:
-    worker = testing.Container.run(image, f"{NAME}-{name}", {**env, "TRACKING_MODE": "worker",
-                                                             "TRACKING_CONSUMER_NAME": name}, publish=False)
-    worker.wait_for_log("worker started")
-    return worker
+@pytest.fixture
+def start_worker(image: str, env: dict[str, str]) -> Iterator[Callable[..., testing.Container]]:
+    """start_worker(name, **more_env): a worker container, started; removed with every other at the end."""
+    started: list[testing.Container] = []
+
+    def start(name: str, **more_env: str) -> testing.Container:
+        worker = testing.Container.run(image, f"{NAME}-{name}", {**env, **more_env, "TRACKING_MODE": "worker",
+                                                                 "TRACKING_CONSUMER_NAME": name}, publish=False)
+        started.append(worker)
+        worker.wait_for_log("worker started")
+        return worker
+
+    yield start
+    for worker in started:
+        worker.remove()
+
+
+@contextmanager
+def event_in_hand(backing: testing.Backing, redis: testing.Redis, code: str) -> Iterator[str]:
+    """Queue an event of parcel `code` while the test holds the parcel's row, so that the worker's store of
+    it waits; yields the event's id once the worker waits on the lock, and releases the row on exit."""
+    with psycopg.connect(backing.pg_conninfo(DATABASE, "tracking")) as lock:
+        lock.execute("SELECT 1 FROM parcels WHERE code = %s FOR UPDATE", (code,))
+        in_hand = queue(redis, code, "picked_up")
+        wait_until(lambda: waiting_on_a_lock(backing), "the worker waits on the row lock")
+        yield in_hand
+
+
+def killed_with_an_event_in_hand(start_worker: Callable[..., testing.Container], backing: testing.Backing,
+                                 redis: testing.Redis, db: psycopg.Connection[Any], name: str) -> str:
+    """Start worker `name` and kill it (SIGKILL: no chance to finish) while it stores an event of a new
+    parcel; the event's id. Its entry stays pending in the dead worker's name."""
+    worker = start_worker(name)
+    with event_in_hand(backing, redis, register(db)) as in_hand:
+        worker.signal("KILL")
+        assert worker.wait_exit() != 0
+    return in_hand
 
 
 def test_the_worker_stores_queued_events_and_dead_letters_what_it_cannot(
-        image: str, env: dict[str, str], redis: testing.Redis, db: psycopg.Connection[Any]) -> None:
+        image: str, env: dict[str, str], redis: testing.Redis, db: psycopg.Connection[Any],
+        start_worker: Callable[..., testing.Container]) -> None:
     code = register(db)
-    api = testing.Container.run(image, f"{NAME}-api", env)
-    worker = start_worker(image, env, "w1")
-    try:
-        api.wait_until_answers()
+    with testing.serving(image, f"{NAME}-api", env) as api:
+        worker = start_worker("w1")
         posted = httpx.post(f"{api.url}/tracking/events", timeout=30,
                             json={"parcel_code": code, "status": "picked_up", "location": "Hamburg"})
         assert posted.status_code == 202, posted.text
@@ -108,64 +140,38 @@ def test_the_worker_stores_queued_events_and_dead_letters_what_it_cannot(
         assert db.execute("SELECT status FROM parcels WHERE code = %s", (code,)).fetchone() == ("delivered",)
         assert all(line["service"] == "tracking" for line in testing.json_lines(worker.logs()))
         assert worker.healthcheck() == 0 and api.healthcheck() == 0  # the worker's heartbeat, the API's /healthz
-    finally:
-        api.remove()
-        worker.remove()
 
 
 def test_sigterm_finishes_the_event_in_hand_and_the_rest_wait_in_the_queue(
-        image: str, env: dict[str, str], redis: testing.Redis, db: psycopg.Connection[Any],
-        backing: testing.Backing) -> None:
+        redis: testing.Redis, db: psycopg.Connection[Any], backing: testing.Backing,
+        start_worker: Callable[..., testing.Container]) -> None:
     code = register(db)
-    worker = start_worker(image, env, "w2")
-    successor = None
-    try:
-        with psycopg.connect(backing.pg_conninfo(DATABASE, "tracking")) as lock:
-            # The test holds the parcel's row: the worker's store of the first event waits for it.
-            lock.execute("SELECT 1 FROM parcels WHERE code = %s FOR UPDATE", (code,))
-            in_hand = queue(redis, code, "picked_up")
-            wait_until(lambda: waiting_on_a_lock(backing), "the worker waits on the row lock")
-            behind = [queue(redis, code, "in_transit"), queue(redis, code, "delivered")]
-            worker.signal("TERM")
-            worker.wait_for_log("stopping after the event in hand")
-            assert worker.state()["Running"], "the worker exited with an event in hand"
-        assert worker.wait_exit() == 0
-        logs = worker.logs()
-        assert "worker stopped" in logs
-        assert stored(db, in_hand, *behind) == {in_hand}, "the event in hand was not stored before the exit"
-        assert redis("XLEN", STREAM) == 2  # the two behind it were left in the queue, unread
-        successor = start_worker(image, env, "w3")
-        wait_until(lambda: stored(db, in_hand, *behind) == {in_hand, *behind}, "the successor stores the rest")
-        wait_until(lambda: redis("XLEN", STREAM) == 0, "the stream drained")
-    finally:
-        worker.remove()
-        if successor is not None:
-            successor.remove()
+    worker = start_worker("w2")
+    with event_in_hand(backing, redis, code) as in_hand:
+        behind = [queue(redis, code, "in_transit"), queue(redis, code, "delivered")]
+        worker.signal("TERM")
+        worker.wait_for_log("stopping after the event in hand")
+        assert worker.state()["Running"], "the worker exited with an event in hand"
+    assert worker.wait_exit() == 0
+    logs = worker.logs()
+    assert "worker stopped" in logs
+    assert stored(db, in_hand, *behind) == {in_hand}, "the event in hand was not stored before the exit"
+    assert redis("XLEN", STREAM) == 2  # the two behind it were left in the queue, unread
+    start_worker("w3")
+    wait_until(lambda: stored(db, in_hand, *behind) == {in_hand, *behind}, "the successor stores the rest")
+    wait_until(lambda: redis("XLEN", STREAM) == 0, "the stream drained")
 
 
 def test_an_event_in_the_hands_of_a_killed_worker_is_claimed_and_stored_once(
-        image: str, env: dict[str, str], redis: testing.Redis, db: psycopg.Connection[Any],
-        backing: testing.Backing) -> None:
-    code = register(db)
-    worker = start_worker(image, env, "w4")
-    successor = None
-    try:
-        with psycopg.connect(backing.pg_conninfo(DATABASE, "tracking")) as lock:
-            lock.execute("SELECT 1 FROM parcels WHERE code = %s FOR UPDATE", (code,))
-            in_hand = queue(redis, code, "picked_up")
-            wait_until(lambda: waiting_on_a_lock(backing), "the worker waits on the row lock")
-            worker.signal("KILL")  # no chance to finish: the entry stays pending in the dead worker's name
-            assert worker.wait_exit() != 0
-        assert stored(db, in_hand) == set()
-        assert redis("XPENDING", STREAM, "tracking-workers")[0] == 1
-        successor = start_worker(image, env, "w5")  # claims entries idle for TRACKING_CLAIM_IDLE_MS (1 s here)
-        wait_until(lambda: stored(db, in_hand) == {in_hand}, "the claimed event is stored")
-        wait_until(lambda: redis("XPENDING", STREAM, "tracking-workers")[0] == 0, "nothing pending")
-        assert db.execute("SELECT count(*) FROM tracking_events WHERE event_id = %s", (in_hand,)).fetchone() == (1,)
-    finally:
-        worker.remove()
-        if successor is not None:
-            successor.remove()
+        redis: testing.Redis, db: psycopg.Connection[Any], backing: testing.Backing,
+        start_worker: Callable[..., testing.Container]) -> None:
+    in_hand = killed_with_an_event_in_hand(start_worker, backing, redis, db, "w4")
+    assert stored(db, in_hand) == set()
+    assert redis("XPENDING", STREAM, "tracking-workers")[0] == 1
+    start_worker("w5")  # claims entries idle for TRACKING_CLAIM_IDLE_MS (1 s here)
+    wait_until(lambda: stored(db, in_hand) == {in_hand}, "the claimed event is stored")
+    wait_until(lambda: redis("XPENDING", STREAM, "tracking-workers")[0] == 0, "nothing pending")
+    assert db.execute("SELECT count(*) FROM tracking_events WHERE event_id = %s", (in_hand,)).fetchone() == (1,)
 
 
 def waiting_on_a_lock(backing: testing.Backing) -> bool:
@@ -175,45 +181,30 @@ def waiting_on_a_lock(backing: testing.Backing) -> bool:
 
 
 def test_an_event_postgresql_refuses_is_dead_lettered_and_the_events_behind_it_are_stored(
-        image: str, env: dict[str, str], redis: testing.Redis, db: psycopg.Connection[Any]) -> None:
+        redis: testing.Redis, db: psycopg.Connection[Any], start_worker: Callable[..., testing.Container]) -> None:
     code = register(db)
     # A NUL byte, which no PostgreSQL text may hold (psycopg's DataError), sent straight to the stream.
     refused = queue(redis, code, "in_transit", location="Lyon\u0000")
     behind = queue(redis, code, "delivered", location="Paris")
-    worker = start_worker(image, env, "w6")
-    try:
-        wait_until(lambda: stored(db, behind) == {behind}, "the event behind the refused one is stored")
-        wait_until(lambda: redis("XLEN", STREAM) == 0, "the stream drained")
-        assert redis("XPENDING", STREAM, "tracking-workers")[0] == 0
-        dead = [dict(zip(fields[::2], fields[1::2])) for _, fields in redis("XRANGE", f"{STREAM}:dead", "-", "+")]
-        assert len(dead) == 1 and json.loads(dead[0]["event"])["event_id"] == refused, dead
-        assert dead[0]["reason"].startswith("refused by PostgreSQL (DataError"), dead
-        assert stored(db, refused) == set()
-    finally:
-        worker.remove()
+    start_worker("w6")
+    wait_until(lambda: stored(db, behind) == {behind}, "the event behind the refused one is stored")
+    wait_until(lambda: redis("XLEN", STREAM) == 0, "the stream drained")
+    assert redis("XPENDING", STREAM, "tracking-workers")[0] == 0
+    dead = [dict(zip(fields[::2], fields[1::2])) for _, fields in redis("XRANGE", f"{STREAM}:dead", "-", "+")]
+    assert len(dead) == 1 and json.loads(dead[0]["event"])["event_id"] == refused, dead
+    assert dead[0]["reason"].startswith("refused by PostgreSQL (DataError"), dead
+    assert stored(db, refused) == set()
 
 
 def test_an_entry_handed_out_more_than_tracking_max_deliveries_times_is_dead_lettered(
-        image: str, env: dict[str, str], redis: testing.Redis, db: psycopg.Connection[Any],
-        backing: testing.Backing) -> None:
-    code = register(db)
-    worker = start_worker(image, env, "w7")
-    successor = None
-    try:
-        with psycopg.connect(backing.pg_conninfo(DATABASE, "tracking")) as lock:
-            lock.execute("SELECT 1 FROM parcels WHERE code = %s FOR UPDATE", (code,))
-            in_hand = queue(redis, code, "picked_up")
-            wait_until(lambda: waiting_on_a_lock(backing), "the worker waits on the row lock")
-            worker.signal("KILL")  # as an entry that kills every worker handed it would
-            assert worker.wait_exit() != 0
-        # Handed out once to w7; claiming it would be the second delivery, one more than allowed here.
-        successor = start_worker(image, {**env, "TRACKING_MAX_DELIVERIES": "1"}, "w8")
-        wait_until(lambda: redis("XLEN", f"{STREAM}:dead") == 1, "the entry dead-lettered")
-        dead = dict(zip(*[iter(redis("XRANGE", f"{STREAM}:dead", "-", "+")[0][1])] * 2))
-        assert dead["reason"] == "delivered 2 times, never acknowledged", dead
-        assert redis("XPENDING", STREAM, "tracking-workers")[0] == 0
-        assert stored(db, in_hand) == set()
-    finally:
-        worker.remove()
-        if successor is not None:
-            successor.remove()
+        redis: testing.Redis, db: psycopg.Connection[Any], backing: testing.Backing,
+        start_worker: Callable[..., testing.Container]) -> None:
+    # w7 dies as it would on an entry that kills every worker handed it.
+    in_hand = killed_with_an_event_in_hand(start_worker, backing, redis, db, "w7")
+    # Handed out once to w7; claiming it would be the second delivery, one more than allowed here.
+    start_worker("w8", TRACKING_MAX_DELIVERIES="1")
+    wait_until(lambda: redis("XLEN", f"{STREAM}:dead") == 1, "the entry dead-lettered")
+    dead = dict(zip(*[iter(redis("XRANGE", f"{STREAM}:dead", "-", "+")[0][1])] * 2))
+    assert dead["reason"] == "delivered 2 times, never acknowledged", dead
+    assert redis("XPENDING", STREAM, "tracking-workers")[0] == 0
+    assert stored(db, in_hand) == set()

@@ -13,11 +13,11 @@ from __future__ import annotations
 import logging
 import signal
 import sys
-from http.client import HTTPConnection
 from types import FrameType
 
-from . import logs
-from .config import ConfigError, Mode, Settings
+from fdservice import cli, logs
+
+from .config import Mode, Settings
 
 log = logging.getLogger("tracking")
 
@@ -32,26 +32,13 @@ def healthcheck(settings: Settings) -> int:
     age = heartbeat_age()
     if age is not None:
         return 0 if age < WORKER_STALE_S else 1
-    connection = HTTPConnection("127.0.0.1", settings.port, timeout=3)
-    try:
-        connection.request("GET", "/healthz")
-        return 0 if connection.getresponse().status == 200 else 1
-    except OSError:
-        return 1
-    finally:
-        connection.close()
+    return cli.answers_health(settings.port)
 
 
 def serve(settings: Settings) -> int:
-    import uvicorn
-
     from .api import create_app
 
-    config = uvicorn.Config(create_app(settings), host="0.0.0.0", port=settings.port, log_config=None,
-                            access_log=False, server_header=False, proxy_headers=False,
-                            timeout_graceful_shutdown=settings.graceful_timeout)
-    uvicorn.Server(config).run()  # installs its own SIGTERM/SIGINT handlers: stop accepting, drain, exit
-    return 0
+    return cli.serve(create_app(settings), settings)
 
 
 def worker(settings: Settings) -> int:
@@ -77,24 +64,8 @@ def migrate(settings: Settings) -> int:
 
 
 def main(argv: list[str]) -> int:
-    try:
-        settings = Settings.from_env()
-    except ConfigError as error:
-        print(f"tracking: {error}", file=sys.stderr)
-        return 2
-    command = argv[0] if argv else settings.mode.value
-    if command == "healthcheck":
-        return healthcheck(settings)
-    logs.setup(settings.log_level, settings.release)
-    commands = {Mode.SERVE.value: serve, Mode.WORKER.value: worker, "migrate": migrate}
-    if command not in commands or len(argv) > 1:
-        print(__doc__, file=sys.stderr)
-        return 2
-    try:
-        return commands[command](settings)
-    except Exception:
-        log.exception("%s failed", command)
-        return 1
+    commands = {Mode.SERVE.value: serve, Mode.WORKER.value: worker, "migrate": migrate, cli.HEALTHCHECK: healthcheck}
+    return cli.main("tracking", argv, Settings.from_env, commands, lambda settings: settings.mode.value, __doc__ or "")
 
 
 if __name__ == "__main__":

@@ -11,24 +11,19 @@ POST /tracking/events                  queue an event for the worker            
 from __future__ import annotations
 
 import logging
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
 from typing import Any
 
-import psycopg
 import redis
-from fastapi import FastAPI, HTTPException, Request, Response
-from fastapi.responses import JSONResponse
-from psycopg_pool import ConnectionPool
+from fastapi import FastAPI, HTTPException, Response
 from pydantic import AwareDatetime, BaseModel, Field
 
-from . import logs, queue, store
+from fdservice import api, logs
+
+from . import queue, store
 from .config import Settings
 
 log = logging.getLogger("tracking.api")
-access = logging.getLogger("tracking.access")
 
 CODE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9-]{2,39}$"
 
@@ -51,39 +46,9 @@ class QueuedEventIn(EventIn):
 
 
 def create_app(settings: Settings) -> FastAPI:
-    pool = ConnectionPool(min_size=1, max_size=settings.db_pool_size, open=False, timeout=10,
-                          kwargs={"autocommit": True, "application_name": "tracking-api"})
+    pool = api.pool(settings, "tracking-api")
     client = queue.redis_client(settings)
-
-    @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        pool.open(wait=False)
-        logs.event(log, "listening", port=settings.port)
-        yield
-        pool.close()
-        client.close()
-        logs.event(log, "stopped after finishing in-flight requests")
-
-    app = FastAPI(title="tracking", lifespan=lifespan, docs_url=None, redoc_url=None,
-                  openapi_url="/tracking/openapi.json")
-
-    @app.middleware("http")
-    async def access_log(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        started = time.perf_counter()
-        response = await call_next(request)
-        logs.event(access, "request", method=request.method, path=request.url.path, status=response.status_code,
-                   duration_ms=round((time.perf_counter() - started) * 1000, 2),
-                   client=request.client.host if request.client else None)
-        return response
-
-    @app.exception_handler(psycopg.OperationalError)
-    async def database_down(_request: Request, error: psycopg.OperationalError) -> JSONResponse:
-        logs.event(log, "database unavailable", logging.ERROR, error=str(error).strip())
-        return JSONResponse({"detail": "database unavailable"}, status_code=503)
-
-    @app.get("/healthz")
-    def healthz() -> dict[str, str]:
-        return {"status": "ok", "release": settings.release}
+    app = api.create_app("tracking", settings, pool, client)
 
     @app.get("/readyz")
     def readyz(response: Response) -> dict[str, Any]:

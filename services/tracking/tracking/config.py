@@ -1,8 +1,5 @@
-"""The service's settings, read once from the environment and validated (README.md lists them).
-
-PostgreSQL's connection comes from libpq's own variables (PGHOST, PGPORT, PGDATABASE, PGUSER,
-PGPASSWORD, PGSSLMODE, ...), which psycopg reads itself; they are not repeated here.
-"""
+"""The service's settings, read once from the environment and validated (README.md lists them); those
+every service has (PORT, LOG_LEVEL, REDIS_*, TRACKING_RELEASE, ...) through fdservice.config."""
 
 from __future__ import annotations
 
@@ -12,9 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
-
-class ConfigError(ValueError):
-    """A variable with a value the service cannot use; the message names it."""
+from fdservice.config import ConfigError, ServiceSettings, integer, text
 
 
 class Mode(StrEnum):
@@ -22,64 +17,28 @@ class Mode(StrEnum):
     WORKER = "worker"
 
 
-def _int(environ: Mapping[str, str], name: str, default: int, minimum: int = 0) -> int:
-    raw = environ.get(name, "").strip() or str(default)
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
-    if value < minimum:
-        raise ConfigError(f"{name} must be at least {minimum}, got {value}")
-    return value
-
-
 @dataclass(frozen=True)
-class Settings:
+class Settings(ServiceSettings):
     mode: Mode
-    port: int
-    release: str
-    log_level: str
-    redis_url: str
-    redis_username: str | None
-    redis_password: str | None
     stream: str
     group: str
     consumer: str
     claim_idle_ms: int
     max_deliveries: int
-    db_pool_size: int
-    graceful_timeout: int
-    migration_lock_timeout_ms: int
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] = os.environ) -> "Settings":
-        mode = environ.get("TRACKING_MODE", "serve").strip() or "serve"
+        mode = text(environ, "TRACKING_MODE", "serve")
         if mode not in Mode.__members__.values():
             raise ConfigError(f"TRACKING_MODE must be one of {', '.join(Mode)}, got {mode!r}")
-        level = (environ.get("LOG_LEVEL", "").strip() or "INFO").upper()
-        if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-            raise ConfigError(f"LOG_LEVEL must be DEBUG, INFO, WARNING or ERROR, got {level!r}")
-        redis_url = environ.get("REDIS_URL", "").strip() or "redis://localhost:6379/0"
-        if not redis_url.startswith(("redis://", "rediss://")):
-            raise ConfigError(f"REDIS_URL must start with redis:// or rediss://, got {redis_url.split('@')[-1]!r}")
-        if "@" in redis_url:
-            raise ConfigError("REDIS_URL must not carry credentials: set REDIS_USERNAME and REDIS_PASSWORD")
         return cls(
+            **cls.common(environ, "TRACKING"),
             mode=Mode(mode),
-            port=_int(environ, "PORT", 8000, minimum=1),
-            release=environ.get("TRACKING_RELEASE", "unknown"),
-            log_level=level,
-            redis_url=redis_url,
-            redis_username=environ.get("REDIS_USERNAME") or None,
-            redis_password=environ.get("REDIS_PASSWORD") or None,
-            stream=environ.get("TRACKING_STREAM", "").strip() or "tracking:events",
-            group=environ.get("TRACKING_CONSUMER_GROUP", "").strip() or "tracking-workers",
-            consumer=environ.get("TRACKING_CONSUMER_NAME", "").strip() or socket.gethostname(),
-            claim_idle_ms=_int(environ, "TRACKING_CLAIM_IDLE_MS", 60000, minimum=1),
-            max_deliveries=_int(environ, "TRACKING_MAX_DELIVERIES", 5, minimum=1),
-            db_pool_size=_int(environ, "TRACKING_DB_POOL_SIZE", 5, minimum=1),
-            graceful_timeout=_int(environ, "TRACKING_GRACEFUL_TIMEOUT", 25, minimum=1),
-            migration_lock_timeout_ms=_int(environ, "TRACKING_MIGRATION_LOCK_TIMEOUT_MS", 5000, minimum=1),
+            stream=text(environ, "TRACKING_STREAM", "tracking:events"),
+            group=text(environ, "TRACKING_CONSUMER_GROUP", "tracking-workers"),
+            consumer=text(environ, "TRACKING_CONSUMER_NAME", socket.gethostname()),
+            claim_idle_ms=integer(environ, "TRACKING_CLAIM_IDLE_MS", 60000, minimum=1),
+            max_deliveries=integer(environ, "TRACKING_MAX_DELIVERIES", 5, minimum=1),
         )
 
     @property

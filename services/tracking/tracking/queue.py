@@ -28,7 +28,9 @@ from typing import Any
 import psycopg
 import redis
 
-from . import logs, store
+from fdservice import logs
+
+from . import store
 from .config import Settings
 
 log = logging.getLogger("tracking.worker")

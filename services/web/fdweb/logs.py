@@ -1,33 +1,17 @@
-"""JSON logs, one object a line on stdout: Python's records through JsonFormatter, and one line per
-request from RequestLogMiddleware (uWSGI's own request log is off; its other lines are JSON too, see
-uwsgi.ini)."""
+"""JSON logs, one object a line on stdout: Python's records through the services' shared formatter
+(fdservice.logs.JsonFormatter, set up by settings.LOGGING), and one line per request from
+RequestLogMiddleware (uWSGI's own request log is off; its other lines are JSON too, see uwsgi.ini)."""
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 
 from django.http import HttpRequest, HttpResponse
 from django.utils.functional import empty
 
 log = logging.getLogger("fdweb.request")
-
-
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        entry: dict[str, object] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        entry.update(getattr(record, "fields", {}))
-        if record.exc_info:
-            entry["exception"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
 
 
 class RequestLogMiddleware:

@@ -142,7 +142,8 @@ USE_TZ = True
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"json": {"()": "fdweb.logs.JsonFormatter"}},
+    # The services' shared formatter (services/shared/fdservice, on PYTHONPATH in the image).
+    "formatters": {"json": {"()": "fdservice.logs.JsonFormatter", "service": "web", "release": RELEASE}},
     "handlers": {"stdout": {"class": "logging.StreamHandler", "stream": "ext://sys.stdout", "formatter": "json"}},
     "root": {"handlers": ["stdout"], "level": CONFIG.log_level},
     "loggers": {

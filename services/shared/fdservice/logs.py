@@ -8,19 +8,20 @@ import sys
 from datetime import datetime, timezone
 from typing import Any
 
-SERVICE = "postcode"
-
 
 class JsonFormatter(logging.Formatter):
-    def __init__(self, release: str) -> None:
+    """A record as one JSON object; `event()`'s fields become keys of their own."""
+
+    def __init__(self, service: str, release: str) -> None:
         super().__init__()
+        self.service = service
         self.release = release
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
             "time": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
             "level": record.levelname.lower(),
-            "service": SERVICE,
+            "service": self.service,
             "release": self.release,
             "logger": record.name,
             "msg": record.getMessage(),
@@ -31,11 +32,11 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def setup(level: str, release: str) -> None:
+def setup(service: str, level: str, release: str) -> None:
     """Every logger, uvicorn's included, writes JSON to stdout; uvicorn's own access log is off (the
-    app logs each request itself, with its duration)."""
+    app logs each request itself, with its duration: fdservice.api)."""
     handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(JsonFormatter(release))
+    handler.setFormatter(JsonFormatter(service, release))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
