@@ -106,6 +106,16 @@ def _code(error: ClientError) -> str:
     return str(error.response.get("Error", {}).get("Code", ""))
 
 
+def _unless_missing(missing: str, call: Callable[..., Any], **params: Any) -> Any:
+    """call(**params)'s answer, or None when AWS answers with the error code `missing` (no such resource)."""
+    try:
+        return call(**params)
+    except ClientError as error:
+        if _code(error) == missing:
+            return None
+        raise
+
+
 class Finder:
     """Looks one named resource up, per type; each lookup answers (arn, tags) or (None, {})."""
 
@@ -132,22 +142,18 @@ class Finder:
 
     def _alb(self, name: str) -> Found:
         elb = self.client("elbv2")
-        try:
-            arn = elb.describe_load_balancers(Names=[name])["LoadBalancers"][0]["LoadBalancerArn"]
-        except ClientError as error:
-            if _code(error) == "LoadBalancerNotFound":
-                return None, {}
-            raise
+        found = _unless_missing("LoadBalancerNotFound", elb.describe_load_balancers, Names=[name])
+        if found is None:
+            return None, {}
+        arn = found["LoadBalancers"][0]["LoadBalancerArn"]
         return arn, _pairs(elb.describe_tags(ResourceArns=[arn])["TagDescriptions"][0]["Tags"])
 
     def _target_group(self, name: str) -> Found:
         elb = self.client("elbv2")
-        try:
-            arn = elb.describe_target_groups(Names=[name])["TargetGroups"][0]["TargetGroupArn"]
-        except ClientError as error:
-            if _code(error) == "TargetGroupNotFound":
-                return None, {}
-            raise
+        found = _unless_missing("TargetGroupNotFound", elb.describe_target_groups, Names=[name])
+        if found is None:
+            return None, {}
+        arn = found["TargetGroups"][0]["TargetGroupArn"]
         return arn, _pairs(elb.describe_tags(ResourceArns=[arn])["TagDescriptions"][0]["Tags"])
 
     def _launch_template(self, name: str) -> Found:
@@ -170,45 +176,36 @@ class Finder:
         return (groups[0]["AutoScalingGroupARN"], _pairs(groups[0].get("Tags"))) if groups else (None, {})
 
     def _rds_instance(self, name: str) -> Found:
-        try:
-            db = self.client("rds").describe_db_instances(DBInstanceIdentifier=name)["DBInstances"][0]
-        except ClientError as error:
-            if _code(error) == "DBInstanceNotFound":
-                return None, {}
-            raise
+        found = _unless_missing("DBInstanceNotFound", self.client("rds").describe_db_instances,
+                                DBInstanceIdentifier=name)
+        if found is None:
+            return None, {}
+        db = found["DBInstances"][0]
         return db["DBInstanceArn"], _pairs(db.get("TagList"))
 
     def _rds_subnet_group(self, name: str) -> Found:
         rds = self.client("rds")
-        try:
-            group = rds.describe_db_subnet_groups(DBSubnetGroupName=name)["DBSubnetGroups"][0]
-        except ClientError as error:
-            if _code(error) == "DBSubnetGroupNotFoundFault":
-                return None, {}
-            raise
-        arn = group["DBSubnetGroupArn"]
+        found = _unless_missing("DBSubnetGroupNotFoundFault", rds.describe_db_subnet_groups, DBSubnetGroupName=name)
+        if found is None:
+            return None, {}
+        arn = found["DBSubnetGroups"][0]["DBSubnetGroupArn"]
         return arn, _pairs(rds.list_tags_for_resource(ResourceName=arn)["TagList"])
 
     def _elasticache_cluster(self, name: str) -> Found:
         cache = self.client("elasticache")
-        try:
-            cluster = cache.describe_cache_clusters(CacheClusterId=name)["CacheClusters"][0]
-        except ClientError as error:
-            if _code(error) == "CacheClusterNotFound":
-                return None, {}
-            raise
-        arn = cluster["ARN"]
+        found = _unless_missing("CacheClusterNotFound", cache.describe_cache_clusters, CacheClusterId=name)
+        if found is None:
+            return None, {}
+        arn = found["CacheClusters"][0]["ARN"]
         return arn, _pairs(cache.list_tags_for_resource(ResourceName=arn)["TagList"])
 
     def _elasticache_subnet_group(self, name: str) -> Found:
         cache = self.client("elasticache")
-        try:
-            group = cache.describe_cache_subnet_groups(CacheSubnetGroupName=name)["CacheSubnetGroups"][0]
-        except ClientError as error:
-            if _code(error) == "CacheSubnetGroupNotFoundFault":
-                return None, {}
-            raise
-        arn = group["ARN"]
+        found = _unless_missing("CacheSubnetGroupNotFoundFault", cache.describe_cache_subnet_groups,
+                                CacheSubnetGroupName=name)
+        if found is None:
+            return None, {}
+        arn = found["CacheSubnetGroups"][0]["ARN"]
         return arn, _pairs(cache.list_tags_for_resource(ResourceName=arn)["TagList"])
 
     def _s3_bucket(self, name: str) -> Found:
@@ -231,22 +228,18 @@ class Finder:
 
     def _dynamodb_table(self, name: str) -> Found:
         dynamodb = self.client("dynamodb")
-        try:
-            arn = dynamodb.describe_table(TableName=name)["Table"]["TableArn"]
-        except ClientError as error:
-            if _code(error) == "ResourceNotFoundException":
-                return None, {}
-            raise
+        found = _unless_missing("ResourceNotFoundException", dynamodb.describe_table, TableName=name)
+        if found is None:
+            return None, {}
+        arn = found["Table"]["TableArn"]
         return arn, _pairs(dynamodb.list_tags_of_resource(ResourceArn=arn).get("Tags"))
 
     def _ecr_repository(self, name: str) -> Found:
         ecr = self.client("ecr")
-        try:
-            arn = ecr.describe_repositories(repositoryNames=[name])["repositories"][0]["repositoryArn"]
-        except ClientError as error:
-            if _code(error) == "RepositoryNotFoundException":
-                return None, {}
-            raise
+        found = _unless_missing("RepositoryNotFoundException", ecr.describe_repositories, repositoryNames=[name])
+        if found is None:
+            return None, {}
+        arn = found["repositories"][0]["repositoryArn"]
         return arn, _pairs(ecr.list_tags_for_resource(resourceArn=arn).get("tags"))
 
     def tag(self, kind: str, arn: str, tags: Tags) -> None:
