@@ -25,7 +25,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # The newest revision in migrations/versions (a test keeps the two in step).
-HEAD = "0002"
+HEAD = "0003"
 
 
 def now() -> dt.datetime:
@@ -98,6 +98,10 @@ class Job(Base):
     # restarted after a crash stops the group only if that process is still the one it started.
     pgid: Mapped[int | None] = mapped_column(Integer, nullable=True)
     process_start: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # The job this one relaunches (same action, release and extra vars), and for a retry of the failed
+    # hosts only, the hosts it was limited to (`--limit`); None: a fresh launch on every host.
+    relaunch_of: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    limit_hosts: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
 
 
 class JobEvent(Base):

@@ -165,6 +165,7 @@ def job_dict(job: Job) -> dict[str, Any]:
         "created_at": job.created_at.isoformat(timespec="seconds"),
         "started_at": job.started_at.isoformat(timespec="seconds") if job.started_at else None,
         "finished_at": job.finished_at.isoformat(timespec="seconds") if job.finished_at else None,
+        "relaunch_of": job.relaunch_of, "limit": job.limit_hosts,
     }
 
 
@@ -417,8 +418,11 @@ class JobManager:
         return live.brief() if live else None
 
     def launch(self, env: Environment, action: Action, release: str | None, extra_vars: dict[str, Any],
-               user: str, on_created: Callable[[Session, Job], None] | None = None) -> int:
-        """Create the job and start it; raises Busy if the environment already runs one."""
+               user: str, on_created: Callable[[Session, Job], None] | None = None,
+               limit: list[str] | None = None, relaunch_of: int | None = None) -> int:
+        """Create the job and start it; raises Busy if the environment already runs one.
+
+        `limit`: the only hosts to run on (`--limit`), host names the caller has checked (service.limit_pattern)."""
         with self._env_lock:
             if self._stopping:
                 raise ShuttingDown("the console is shutting down; launch again once it is back")
@@ -431,7 +435,8 @@ class JobManager:
             with self.sessions() as db:
                 job = Job(environment=env.name, action=action.name, playbook=str(action.playbook),
                           release=release, service=action.service or extra_vars.get("service"),
-                          extra_vars=shown, launched_by=user, status="queued", events_pruned=False)
+                          extra_vars=shown, launched_by=user, status="queued", events_pruned=False,
+                          relaunch_of=relaunch_of, limit_hosts=limit)
                 db.add(job)
                 db.flush()
                 if on_created:
@@ -442,7 +447,7 @@ class JobManager:
             self.live[live.id] = live
             self._busy[env.name] = live.id
         secret_values = {v for k in secret for v in scalars(extra_vars[k])}
-        threading.Thread(target=self._supervise, args=(live, env, action, extra_vars, secret_values),
+        threading.Thread(target=self._supervise, args=(live, env, action, extra_vars, secret_values, limit),
                          name=f"job-{live.id}", daemon=True).start()
         return live.id
 
@@ -458,7 +463,7 @@ class JobManager:
     # ----- one job ----------------------------------------------------------------------------
 
     def _supervise(self, live: LiveJob, env: Environment, action: Action, extra_vars: dict[str, Any],
-                   secret_values: set[str]) -> None:
+                   secret_values: set[str], limit: list[str] | None = None) -> None:
         run_dir = self.config.runs_dir / str(live.id)
         ingester = threading.Thread(target=self._ingest, args=(live,), name=f"ingest-{live.id}", daemon=True)
         status, rc, explanation = "error", None, None
@@ -510,6 +515,8 @@ class JobManager:
                 binary=sys.executable,
                 cmdline=shlex.join(["-m", PLAYBOOK_MODULE, *vault_cmd, str(action.playbook)]),
                 inventory=str(env.inventory),
+                # One argv item after --limit, made of checked host names only (never a pattern or @file).
+                limit=",".join(limit) if limit else None,
                 envvars=envvars,
                 passwords=passwords or None,
                 suppress_output_file=True,
