@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import fastapi_offline
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
@@ -134,6 +134,11 @@ class JobRequest(BaseModel):
     extra_vars: dict[str, Any] = Field(default_factory=dict, description="Validated against the action's schema")
 
 
+class RelaunchRequest(BaseModel):
+    hosts: Literal["all", "failed"] = Field(
+        "all", description="all: every host the job ran on; failed: only those it ended failed or unreachable on")
+
+
 class TokenRequest(BaseModel):
     name: str = Field(min_length=1, max_length=64)
     role: str = Field(description=f"one of {', '.join(TOKEN_ROLES)}")
@@ -192,6 +197,15 @@ def list_jobs(request: Request, environment: str | None = None, action: str | No
 @api.get("/jobs/{job_id}", summary="Status, per-host results, the grid and the recap")
 def get_job(job_id: int, request: Request, who: Principal = Depends(viewer)) -> dict[str, Any]:
     return console_of(request).job(who, job_id)
+
+
+@api.post("/jobs/{job_id}/relaunch", status_code=201,
+          summary="Launch a finished job again as the caller, on every host or on its failed hosts only")
+def relaunch_job(job_id: int, request: Request, body: RelaunchRequest | None = None,
+                 who: Principal = Depends(viewer)) -> dict[str, Any]:
+    console = console_of(request)
+    new_id = console.relaunch(who, job_id, body is not None and body.hosts == "failed", client_ip(request))
+    return {"id": new_id, "relaunch_of": job_id, "url": f"/jobs/{new_id}", "events": f"/api/jobs/{new_id}/events"}
 
 
 @api.post("/jobs/{job_id}/cancel", summary="Stop the job's whole process group")

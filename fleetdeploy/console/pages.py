@@ -174,8 +174,19 @@ def history(request: Request, environment: str = "", action: str = "", status: s
 @router.get("/jobs/{job_id}")
 def job_page(request: Request, job_id: int) -> Response:
     who = page_principal(request)
-    job = console_of(request).job(who, job_id)
-    return render(request, "job.html", who, job=job, may_cancel=who.may("deployer", job["environment"]))
+    console = console_of(request)
+    job = console.job(who, job_id)
+    may_relaunch, retry_hosts = console.relaunch_offer(who, job)
+    return render(request, "job.html", who, job=job, may_cancel=who.may("deployer", job["environment"]),
+                  may_relaunch=may_relaunch, retry_hosts=retry_hosts)
+
+
+@router.post("/jobs/{job_id}/relaunch")
+async def relaunch(request: Request, job_id: int) -> Response:
+    who = page_principal(request)
+    form = await checked_form(request, who)
+    new_id = console_of(request).relaunch(who, job_id, form.get("hosts") == "failed", client_ip(request))
+    return RedirectResponse(f"/jobs/{new_id}", status_code=303)
 
 
 @router.post("/jobs/{job_id}/cancel")

@@ -18,8 +18,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from fleetdeploy.console.config import TAG_PATTERN, Action, Config, Environment
 from fleetdeploy.console.db import Alert, ApiToken, AuditEntry, Job, Release, User, WebSession, make_engine, now
-from fleetdeploy.console.jobs import JobManager, job_dict
+from fleetdeploy.console.jobs import FINAL, JobManager, job_dict
 from fleetdeploy.console.notify import Notifier
+from fleetdeploy.console.redact import MASK
 from fleetdeploy.console.registry import RegistryClient, RegistryError
 from fleetdeploy.console.security import (
     ROLES,
@@ -46,6 +47,11 @@ RESERVED_VARS = frozenset({"deploy_actor", "app_release_actor"})
 EXTRA_VARS_MAX_BYTES = 32 * 1024
 # Job ids are 32-bit integers in the database (PostgreSQL's INTEGER).
 MAX_ID = 2**31 - 1
+# A host a retry may name in --limit: an inventory host name and nothing of Ansible's pattern language
+# (`,` `:` `&` `!` `~` `*` `[...]`, and `@file`, which would read the hosts from a file).
+LIMIT_HOST = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}$")
+# What a host's result must be for a retry of the failed hosts to run it again (grid.Grid.host_results).
+RETRIED_RESULTS = ("failed", "unreachable")
 
 
 class ConsoleError(Exception):
@@ -364,19 +370,53 @@ class Console:
             raise ConsoleError(422, f"{environment}'s inventory {env.inventory} does not exist on the console")
         return LaunchRequest(env, action, release, extra_vars)
 
-    def launch(self, who: Principal, req: LaunchRequest, ip: str | None) -> int:
+    def launch(self, who: Principal, req: LaunchRequest, ip: str | None, relaunch_of: int | None = None,
+               limit: list[str] | None = None) -> int:
         from fleetdeploy.console.jobs import Busy, ShuttingDown
 
         def record(db: Session, job: Job) -> None:
-            self.audit(db, who.name, "job_launch", f"job {job.id}", ip=ip, environment=req.environment.name,
-                       action=req.action.name, release=req.release)
+            if relaunch_of is None:
+                self.audit(db, who.name, "job_launch", f"job {job.id}", ip=ip, environment=req.environment.name,
+                           action=req.action.name, release=req.release)
+            else:
+                self.audit(db, who.name, "job_relaunch", f"job {job.id}", ip=ip, environment=req.environment.name,
+                           action=req.action.name, release=req.release, relaunch_of=relaunch_of, limit=limit)
 
         try:
-            return self.jobs.launch(req.environment, req.action, req.release, req.extra_vars, who.name, record)
+            return self.jobs.launch(req.environment, req.action, req.release, req.extra_vars, who.name, record,
+                                    limit=limit, relaunch_of=relaunch_of)
         except Busy as busy:
             raise ConsoleError(409, str(busy), running=busy.job) from busy
         except ShuttingDown as exc:
             raise ConsoleError(503, str(exc)) from exc
+
+    def relaunch(self, who: Principal, job_id: int, failed_only: bool, ip: str | None) -> int:
+        """Launch job `job_id` again as `who`: its environment, action, release and extra vars, checked by
+        validate_launch as a fresh launch is. With `failed_only`, on its failed and unreachable hosts only."""
+        old = self.job(who, job_id)  # 404 for a job outside `who`'s environments
+        req = self.validate_launch(who, old["environment"], old["action"], old["release"], old["extra_vars"])
+        if old["status"] not in FINAL:
+            raise ConsoleError(409, f"job {job_id} is {old['status']}; relaunch it once it has ended")
+        masked = sorted(k for k, v in old["extra_vars"].items() if v == MASK)
+        if masked:
+            raise ConsoleError(422, f"job {job_id}'s extra vars {', '.join(masked)} held secrets the console does "
+                                    "not keep; launch the action anew with them")
+        # A relaunch of a retry runs on the same hosts as that retry did.
+        limit = failed_hosts(old) if failed_only else old["limit"]
+        if failed_only and not limit:
+            raise ConsoleError(409, f"job {job_id} has no failed or unreachable host to retry")
+        bad = [h for h in limit or [] if not isinstance(h, str) or not LIMIT_HOST.match(h)]
+        if bad:
+            raise ConsoleError(422, f"job {job_id}'s hosts {', '.join(map(str, bad))} are not inventory host names "
+                                    "the console will put in --limit")
+        return self.launch(who, req, ip, relaunch_of=job_id, limit=limit)
+
+    def relaunch_offer(self, who: Principal, job: dict[str, Any]) -> tuple[bool, list[str]]:
+        """Whether a job's page offers `who` a Relaunch, and the hosts its Retry names (none: no Retry)."""
+        action = self.config.actions.get(job["action"])
+        if action is None or job["status"] not in FINAL or not who.may(action.role, job["environment"]):
+            return False, []
+        return True, failed_hosts(job) if job["status"] == "failed" else []
 
     def cancel(self, who: Principal, job_id: int, ip: str | None) -> dict[str, Any]:
         job = self.job(who, job_id)
@@ -473,6 +513,12 @@ class Console:
                 ))
             db.commit()
         return len(alerts)
+
+
+def failed_hosts(job: dict[str, Any]) -> list[str]:
+    """The hosts a job (as Console.job returns it) ended failed or unreachable on, in the grid's order."""
+    results = job["hosts"]
+    return [h for h in job["grid"]["hosts"] if results.get(h) in RETRIED_RESULTS]
 
 
 def _clip(value: Any, length: int) -> str | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -99,6 +100,28 @@ def test_cancel_a_long_job_from_the_browser(browser_page: object, server: Server
     expect(page.locator("#job-explanation")).to_contain_text("canceled by deployer")
     expect(page.locator("#cancel-button")).to_have_count(0)
     assert job_processes(server.config, job_id) == []
+
+
+def test_relaunch_a_finished_job_from_its_page(browser_page: object, server: Server,
+                                              finished: dict[str, dict[str, Any]]) -> None:
+    from playwright.sync_api import Page, expect
+
+    page = browser_page
+    assert isinstance(page, Page)
+    old = finished["fleet"]["id"]
+    sign_in(page, server, "deployer")
+    page.goto(f"{server.url}/jobs/{old}")
+    expect(page.locator("#job-status")).to_have_text("successful")
+    expect(page.locator("#retry-button")).to_have_count(0)  # no host failed
+    page.click("#relaunch-button")
+    expect(page).to_have_url(re.compile(r"/jobs/\d+$"))
+    new = int(page.url.rsplit("/", 1)[1])
+    assert new != old
+    expect(page.locator("#relaunch-of")).to_have_text(f"Relaunch of job {old}")
+    expect(page.locator("#job-status")).to_have_text("successful")
+    expect(page.locator("#grid td.result[data-result=changed]")).to_have_count(6)
+    page.click("#relaunch-of a")
+    expect(page).to_have_url(f"{server.url}/jobs/{old}")
 
 
 def test_api_docs_render_offline_under_the_csp(browser_page: object, server: Server) -> None:

@@ -208,7 +208,8 @@ def test_users_page_creates_a_scoped_user_who_can_sign_in(server: Server, admin:
 
 def test_openapi_documents_the_ci_api(server: Server) -> None:
     spec = httpx.get(f"{server.url}/openapi.json").json()
-    for path in ("/api/jobs", "/api/jobs/{job_id}", "/api/jobs/{job_id}/events", "/api/jobs/{job_id}/cancel"):
+    for path in ("/api/jobs", "/api/jobs/{job_id}", "/api/jobs/{job_id}/events", "/api/jobs/{job_id}/cancel",
+                 "/api/jobs/{job_id}/relaunch"):
         assert path in spec["paths"], path
 
 
