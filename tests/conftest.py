@@ -1,5 +1,6 @@
 import sys
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -9,7 +10,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 # with pytest 9 xdist 3.8 no longer applies them.)
 
 
+# The scopes that take longest, longest first (measured in whole runs: the deploy tests' lab and its ~20
+# tests, the Molecule scenarios, which tests/test_molecule.py already lists longest first, the AWS
+# playbooks against moto, the services' image builds). With --no-loadscope-reorder (pyproject.toml) loadscope
+# hands out scopes in collection order, so these start first and what is left for the end is short; by
+# default it would order scopes by their number of tests, which put every one-test Molecule scenario last.
+LONGEST_FIRST = ("tests/test_deploy.py", "tests/test_molecule.py", "tests/test_aws_infra.py", "services/",
+                 "tests/test_lab.py")
+
+
 def pytest_collection_modifyitems(items: list) -> None:
-    """Lint last: loadscope hands out the one-test scopes (lint and each Molecule scenario) in the
-    order they were collected, and a short one is what should start when the others are nearly done."""
-    items.sort(key=lambda item: item.nodeid.startswith("tests/test_lint.py"))
+    """The scopes of LONGEST_FIRST first, in that order; lint last, as a short one is what should start
+    when the others are nearly done. The order within each scope is kept (the sort is stable)."""
+    def rank(item: Any) -> int:
+        if item.nodeid.startswith("tests/test_lint.py"):
+            return len(LONGEST_FIRST) + 1
+        return next((i for i, prefix in enumerate(LONGEST_FIRST) if item.nodeid.startswith(prefix)),
+                    len(LONGEST_FIRST))
+
+    items.sort(key=rank)
