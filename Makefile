@@ -5,7 +5,7 @@ export PATH := $(VENV)/bin:$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export ANSIBLE_FORCE_COLOR ?= true
 
-.PHONY: help setup venv engine browser image lab lab-destroy console lint test lock bench bench-deploy bench-console-lab
+.PHONY: help setup venv engine browser test-registry image lab lab-destroy console lint test lock bench bench-deploy bench-console-lab
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -18,6 +18,9 @@ engine: ## Make sure a Docker engine answers, installing and starting one if nee
 
 browser: ## Install Debian's Chromium for the console's browser test, when missing
 	@bash scripts/ensure-browser.sh
+
+test-registry: ## Install Debian's docker-registry for the promotion test (two registries on 127.0.0.1)
+	@bash scripts/ensure-registry.sh
 
 setup: venv engine ## Everything the other targets need on this machine
 
@@ -42,7 +45,7 @@ lint: venv ## ansible-lint (production profile), yamllint and a syntax check of 
 console: setup ## Run the deploy console against the lab on http://127.0.0.1:8765
 	fleetdeploy-console serve --config fleetdeploy/console/examples/lab.yml
 
-test: setup browser image ## The whole test suite, from a clean clone (lint runs inside it: tests/test_lint.py)
+test: setup browser test-registry image ## The whole test suite, from a clean clone (lint runs inside it: tests/test_lint.py)
 	pytest -n 3
 
 bench: setup image ## Timings of setup, image and lab, a module run's CPU on a host, the console (JSON)
