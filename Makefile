@@ -32,7 +32,8 @@ RELEASE ?= v1
 lab: setup ## Bring up the lab, provision it and deploy release $(RELEASE) (default v1)
 	ansible-playbook playbooks/lab.yml
 	ansible-playbook site.yml
-	ansible-playbook playbooks/build.yml -e release=$(RELEASE)
+	# A lab builds from a working tree that may hold uncommitted changes (docs/deploy.md, "Build provenance").
+	ansible-playbook playbooks/build.yml -e release=$(RELEASE) -e build_allow_dirty=true
 	ansible-playbook deploy.yml -e release=$(RELEASE)
 	@bash scripts/lab-summary.sh
 
