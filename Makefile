@@ -5,7 +5,7 @@ export PATH := $(VENV)/bin:$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export ANSIBLE_FORCE_COLOR ?= true
 
-.PHONY: help setup venv engine browser image lab lab-destroy console lint test lock bench bench-deploy bench-console-lab
+.PHONY: help setup venv engine browser test-registry image lab lab-destroy console lint test lock bench bench-deploy bench-console-lab
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -19,6 +19,9 @@ engine: ## Make sure a Docker engine answers, installing and starting one if nee
 browser: ## Install Debian's Chromium for the console's browser test, when missing
 	@bash scripts/ensure-browser.sh
 
+test-registry: ## Install Debian's docker-registry for the promotion test (two registries on 127.0.0.1)
+	@bash scripts/ensure-registry.sh
+
 setup: venv engine ## Everything the other targets need on this machine
 
 image: setup ## Build (or reuse) the Debian 12 and 13 host images
@@ -29,7 +32,8 @@ RELEASE ?= v1
 lab: setup ## Bring up the lab, provision it and deploy release $(RELEASE) (default v1)
 	ansible-playbook playbooks/lab.yml
 	ansible-playbook site.yml
-	ansible-playbook playbooks/build.yml -e release=$(RELEASE)
+	# A lab builds from a working tree that may hold uncommitted changes (docs/deploy.md, "Build provenance").
+	ansible-playbook playbooks/build.yml -e release=$(RELEASE) -e build_allow_dirty=true
 	ansible-playbook deploy.yml -e release=$(RELEASE)
 	@bash scripts/lab-summary.sh
 
@@ -42,7 +46,7 @@ lint: venv ## ansible-lint (production profile), yamllint and a syntax check of 
 console: setup ## Run the deploy console against the lab on http://127.0.0.1:8765
 	fleetdeploy-console serve --config fleetdeploy/console/examples/lab.yml
 
-test: setup browser image ## The whole test suite, from a clean clone (lint runs inside it: tests/test_lint.py)
+test: setup browser test-registry image ## The whole test suite, from a clean clone (lint runs inside it: tests/test_lint.py)
 	pytest -n 3
 
 bench: setup image ## Timings of setup, image and lab, a module run's CPU on a host, the console (JSON)

@@ -11,6 +11,7 @@ service's containers and no output, event or stored row on the way.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import re
@@ -191,7 +192,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory):
     playbook("playbooks/lab_destroy.yml", extra_vars=lab.lab_vars(1)).check()
     lab.grow(3)
     for release in ("v1", "v2"):
-        lab.play("playbooks/build.yml", release=release).check()
+        # A developer's checkout may hold uncommitted changes; CI's clean clone builds either way.
+        lab.play("playbooks/build.yml", release=release, build_allow_dirty=True).check()
     # Failing releases come from a test-only build: the production build path has no such knob.
     lab.play(UNHEALTHY_BUILD, release="bad", from_release="v1", unhealthy_on="true").check()
     lab.play(UNHEALTHY_BUILD, release="bad-on-app2", from_release="v1", unhealthy_on="app2").check()
@@ -772,6 +774,74 @@ def test_a_failed_site_run_leaves_one_audit_record(lab: Lab) -> None:
     assert run.returncode != 0
     assert run.recap()["app2"]["failed"] + run.recap()["app2"]["unreachable"] == 1, run.output[-3000:]
     assert_one_audit_record(lab, before, "site", "failed", {"app2": "failed", "ops1": "ok"})
+
+
+def test_with_deploy_require_promotion_only_the_promoted_digest_deploys(lab: Lab, tmp_path: Path) -> None:
+    """Prod's rule (docs/deploy.md, "Promotion") on the lab. A second registry on ops1 (127.0.0.1:5055, the
+    lab registry's certificate and accounts) plays prod's: promote.yml copies v2 into it from the lab's registry
+    and records the digest. The deploy with deploy_require_promotion refuses v2 in its preflight while the
+    record is missing, and while it names another digest, naming the image and both digests, and changes
+    nothing; with the record promote.yml wrote (the same bytes, so the same digest) the preflight passes."""
+    ops = lab.client.containers.get(f"{LAB}-lab-ops1")
+    config = yaml.safe_load(lab.exec("ops1", "cat", "/etc/docker/registry/config.yml"))
+    config["http"].pop("debug", None)
+    config["http"]["addr"] = "127.0.0.1:5055"
+    config["storage"]["filesystem"]["rootdirectory"] = "/var/lib/fleetdeploy-test-registry"
+    encoded = base64.b64encode(json.dumps(config).encode()).decode()
+    lab.exec("ops1", "sh", "-c", f"echo {encoded} | base64 -d > /etc/docker/registry/promote-test.yml && "
+             "mkdir -p /etc/docker/certs.d/127.0.0.1:5055 && "
+             "cp /etc/docker/certs.d/ops:5000/ca.crt /etc/docker/certs.d/127.0.0.1:5055/ca.crt")
+    ops.exec_run(["sh", "-c", "echo $$ > /run/promote-test-registry.pid && "
+                  "exec docker-registry serve /etc/docker/registry/promote-test.yml > /run/promote-test-registry.log 2>&1"],
+                 detach=True)
+    deadline = time.monotonic() + 30
+    while lab.exec("ops1", "curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert",
+                   "/etc/docker/certs.d/127.0.0.1:5055/ca.crt", "https://127.0.0.1:5055/v2/") != "401":
+        assert time.monotonic() < deadline, lab.exec("ops1", "cat", "/run/promote-test-registry.log")
+        time.sleep(0.5)
+    ca = tmp_path / "lab-registry-ca.crt"
+    ca.write_text(lab.exec("ops1", "cat", "/etc/docker/certs.d/ops:5000/ca.crt"))
+    record = "/var/lib/fleetdeploy/promotions/v2.json"
+    hosts = lab.app_hosts()
+    releases, containers = [lab.release_on(h) for h in hosts], service_containers(lab)
+
+    def refused(expected: list[str]) -> None:
+        run = lab.play("deploy.yml", release="v2", deploy_require_promotion=True)
+        message = " ".join(run.output.split())
+        assert run.returncode != 0 and set(run.recap()) == {"ops1"}, run.output[-3000:]
+        assert all(text in message for text in expected), (expected, run.output[-3000:])
+        assert "deploy_require_promotion" in message and "Nothing was changed" in message
+        assert [lab.release_on(h) for h in hosts] == releases and service_containers(lab) == containers
+
+    try:
+        refused(["demo:v2 at sha256:", "which was never promoted"])
+
+        promoted = lab.play("promote.yml", release="v2", fleetdeploy_registry="127.0.0.1:5055",
+                            promote_source_registry="ops:5000", promote_source_username="fleetdeploy",
+                            promote_source_password=(lab.root / "state" / "registry_password").read_text().strip(),
+                            promote_source_ca=str(ca)).check()
+        written = json.loads(lab.exec("ops1", "cat", record))
+        digest = written["images"]["demo:v2"]["digest"]
+        assert written["images"]["demo:v2"]["source"] == "ops:5000" and written["images"]["demo:v2"]["actor"] == "pytest"
+        assert f"demo:v2 {digest} (copied)" in " ".join(promoted.output.split()), promoted.output[-3000:]
+        audit = lab.audit()[0][-1]
+        assert (audit["action"], audit["release"], audit["images"]) == ("promote", "v2", {"demo:v2": digest}), audit
+
+        forged = {"release": "v2", "images": {"demo:v2": {**written["images"]["demo:v2"], "digest": "sha256:" + "0" * 64}}}
+        encoded = base64.b64encode(json.dumps(forged).encode()).decode()
+        lab.exec("ops1", "sh", "-c", f"echo {encoded} | base64 -d > {record}")
+        refused([f"demo:v2 at {digest}, but it was promoted at sha256:{'0' * 64} from ops:5000"])
+
+        encoded = base64.b64encode(json.dumps(written).encode()).decode()
+        lab.exec("ops1", "sh", "-c", f"echo {encoded} | base64 -d > {record}")
+        # Only ops1: the preflight passes and the run ends without an app host, whatever they run.
+        passed = lab.play("deploy.yml", "--limit", "ops1", release="v2", deploy_require_promotion=True)
+        assert passed.returncode == 0 and "never promoted" not in passed.output, passed.output[-3000:]
+        assert "Take the deploy lock" in passed.output
+    finally:
+        lab.exec("ops1", "sh", "-c", "kill $(cat /run/promote-test-registry.pid); rm -rf /var/lib/fleetdeploy/promotions "
+                 "/var/lib/fleetdeploy-test-registry /etc/docker/certs.d/127.0.0.1:5055 /etc/docker/registry/promote-test.yml "
+                 "/etc/fleetdeploy/promote")
 
 
 def test_a_tag_whose_image_is_unchanged_keeps_its_containers(lab: Lab) -> None:

@@ -9,7 +9,7 @@ import yaml
 
 from helpers import REPO
 
-ENTRY_POINTS = ["site.yml", "deploy.yml", "rollback.yml"]
+ENTRY_POINTS = ["site.yml", "deploy.yml", "rollback.yml", "promote.yml"]
 
 
 @pytest.mark.parametrize("name", ENTRY_POINTS)
