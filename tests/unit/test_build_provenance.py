@@ -48,6 +48,8 @@ def test_a_build_names_its_commit_and_refuses_uncommitted_sources(tmp_path: Path
     (services / "other").mkdir()
     (services / "demo" / "Dockerfile").write_text("FROM debian:bookworm\n")
     (services / "other" / "Dockerfile").write_text("FROM debian:bookworm\n")
+    (services / "shared").mkdir()
+    (services / "shared" / "common.py").write_text("SHARED = 1\n")
     git(repo, "init", "-q")
     git(repo, "add", ".")
     git(repo, "commit", "-qm", "services")
@@ -72,6 +74,14 @@ def test_a_build_names_its_commit_and_refuses_uncommitted_sources(tmp_path: Path
     allowed = provenance(tmp_path, services, image_build_allow_dirty=True)
     assert allowed.returncode == 0, allowed.output[-3000:]
     assert f"revision={head}" in allowed.output
+
+    # The shared folder staged into every build context (image_build_shared_dir) is a build input too.
+    git(repo, "checkout", "-q", "--", "services/demo")
+    (services / "demo" / "new.py").unlink()
+    (services / "shared" / "common.py").write_text("SHARED = 2\n")
+    shared = provenance(tmp_path, services)
+    assert shared.returncode != 0
+    assert "services/shared/common.py" in " ".join(shared.output.split()), shared.output[-3000:]
 
 
 def test_sources_outside_git_are_refused_unless_a_dirty_build_is_asked_for(tmp_path: Path) -> None:
