@@ -8,6 +8,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import httpx
@@ -125,7 +126,9 @@ def test_the_worker_stores_queued_events_and_dead_letters_what_it_cannot(
         posted = httpx.post(f"{api.url}/tracking/events", timeout=30,
                             json={"parcel_code": code, "status": "picked_up", "location": "Hamburg"})
         assert posted.status_code == 202, posted.text
-        direct = queue(redis, code, "delivered", occurred_at="2026-12-03T10:00:00+00:00")
+        # Later than the posted event, which takes the time of its POST: the parcel ends delivered.
+        later = (datetime.now(timezone.utc) + timedelta(hours=1)).isoformat()
+        direct = queue(redis, code, "delivered", occurred_at=later)
         unknown = queue(redis, "FDNOSUCHPARCEL")
         redis("XADD", STREAM, "*", "event", "not json")
         wait_until(lambda: stored(db, posted.json()["event_id"], direct) == {posted.json()["event_id"], direct},
