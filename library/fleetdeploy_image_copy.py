@@ -23,7 +23,7 @@ options:
     description: The registry the images come from.
     required: true
     type: dict
-    suboptions:
+    suboptions: &registry
       registry:
         description: host:port of the registry (HTTPS).
         required: true
@@ -41,20 +41,7 @@ options:
     description: The registry the images go to (the one of the host it runs on).
     required: true
     type: dict
-    suboptions:
-      registry:
-        description: host:port of the registry (HTTPS).
-        required: true
-        type: str
-      username:
-        description: The account for basic auth; none sends no credentials.
-        type: str
-      password:
-        description: The account's password.
-        type: str
-      ca_path:
-        description: A CA bundle (PEM) the registry's certificate is checked against; none uses the system's.
-        type: path
+    suboptions: *registry
   images:
     description: The images to copy, each a repository and a tag.
     required: true
