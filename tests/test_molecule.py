@@ -5,6 +5,7 @@ Scenarios are found on disk, so a new role's scenario is tested without editing 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import docker
@@ -25,8 +26,14 @@ def scenarios() -> list[tuple[Path, str]]:
     return [s for s in top if s not in platform] + roles + platform
 
 
+ANONYMOUS = re.compile(r"[0-9a-f]{64}")
+
+
 def dangling_volumes(client: docker.DockerClient) -> set[str]:
-    return {v.name for v in client.volumes.list(filters={"dangling": True})}
+    """Anonymous volumes (a 64-hex name, no labels) that no container uses. A named or labelled volume is
+    someone's on purpose, even when nothing mounts it yet: test_lab's decoy volume is one."""
+    return {v.name for v in client.volumes.list(filters={"dangling": True})
+            if ANONYMOUS.fullmatch(v.name) and not v.attrs.get("Labels")}
 
 
 def run_scenario(project: Path, scenario: str) -> None:
