@@ -17,10 +17,10 @@ engine: ## Make sure a Docker engine answers, installing and starting one if nee
 	@bash scripts/ensure-engine.sh
 
 browser: ## Install Debian's Chromium for the console's browser test, when missing
-	@bash scripts/ensure-browser.sh
+	@bash scripts/ensure-package.sh chromium /usr/bin/chromium
 
 test-registry: ## Install Debian's docker-registry for the promotion test (two registries on 127.0.0.1)
-	@bash scripts/ensure-registry.sh
+	@bash scripts/ensure-package.sh docker-registry /usr/bin/docker-registry
 
 setup: venv engine ## Everything the other targets need on this machine
 

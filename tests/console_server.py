@@ -78,7 +78,7 @@ def start_server(root: Path, config: Path, env: dict[str, str], *serve_args: str
 def chromium_page(profile_dir: Path) -> Iterator[object]:
     """A Playwright page in Debian's Chromium (installed on first use), with the UI timeout as default."""
     if not os.path.exists(CHROMIUM):
-        done = subprocess.run(["bash", str(REPO / "scripts" / "ensure-browser.sh")], capture_output=True, text=True,
+        done = subprocess.run(["bash", str(REPO / "scripts" / "ensure-package.sh"), "chromium", CHROMIUM], capture_output=True, text=True,
                               check=False)
         assert done.returncode == 0, done.stderr
     from playwright.sync_api import expect, sync_playwright

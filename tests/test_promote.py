@@ -198,7 +198,7 @@ def layer(name: str, content: bytes) -> bytes:
 
 @pytest.fixture(scope="module")
 def registries(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Registry, Registry]]:
-    installed = run(["bash", str(REPO / "scripts" / "ensure-registry.sh")])
+    installed = run(["bash", str(REPO / "scripts" / "ensure-package.sh"), "docker-registry", "/usr/bin/docker-registry"])
     assert installed.returncode == 0, installed.output
     root = tmp_path_factory.mktemp("registries")
     pair = []
