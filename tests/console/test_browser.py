@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from conftest import PASSWORDS, Server, job_processes
+from conftest import PASSWORDS, Client, Server, job_processes
 from console_server import chromium_page
 from console_server import sign_in as sign_in_as
 
@@ -122,6 +122,28 @@ def test_relaunch_a_finished_job_from_its_page(browser_page: object, server: Ser
     expect(page.locator("#grid td.result[data-result=changed]")).to_have_count(6)
     page.click("#relaunch-of a")
     expect(page).to_have_url(f"{server.url}/jobs/{old}")
+
+
+def test_a_job_watched_live_offers_relaunch_and_retry_when_it_ends_without_a_reload(
+        browser_page: object, server: Server, ci: Client) -> None:
+    """The page of a running job has no Relaunch (the job has not ended); when its stream ends, the page
+    gets the server's actions: Relaunch, and Retry naming the failed and unreachable hosts, with no reload."""
+    from playwright.sync_api import Page, expect
+
+    page = browser_page
+    assert isinstance(page, Page)
+    sign_in(page, server, "deployer")
+    job_id = ci.launch("broken", release="v1.2.0", fixture_step=2)
+    page.goto(f"{server.url}/jobs/{job_id}")
+    expect(page.locator("#job-status")).to_have_text(re.compile("queued|running"))
+    expect(page.locator("#relaunch-button")).to_have_count(0)
+    page.evaluate("window.fdSamePage = true")
+    expect(page.locator("#job-status")).to_have_text("failed")
+    expect(page.locator("#relaunch-button")).to_be_visible()
+    expect(page.locator("#retry-button")).to_have_text("Retry on bad1, ghost1")
+    assert page.evaluate("window.fdSamePage === true"), "the page was reloaded"
+    page.click("#retry-button")
+    expect(page.locator("#relaunch-of")).to_have_text(f"Relaunch of job {job_id}, on bad1, ghost1 only")
 
 
 def test_api_docs_render_offline_under_the_csp(browser_page: object, server: Server) -> None:

@@ -11,6 +11,9 @@
   const FINAL = ["successful", "failed", "canceled", "interrupted", "error"];
   const BADGE = { successful: "ok", failed: "failed", error: "failed", canceled: "canceled",
                   interrupted: "canceled", running: "running" };
+  // A job still running when the page loaded offers no Relaunch yet: when its stream ends, the server's
+  // own rendering of the actions (who may relaunch, which hosts failed) replaces the empty one.
+  const watchedLive = !FINAL.includes(statusEl.textContent.trim());
   let pendingPaint = false;
   let logBuf = [];
 
@@ -38,6 +41,15 @@
       const cancel = document.getElementById("cancel-form");
       if (cancel) cancel.remove();
     }
+  }
+
+  async function refreshActions() {
+    const page = await fetch(window.location.pathname, { credentials: "same-origin" });
+    if (!page.ok) return;
+    const fresh = new DOMParser().parseFromString(await page.text(), "text/html").getElementById("job-actions");
+    const here = document.getElementById("job-actions");
+    if (fresh && here) here.replaceWith(document.importNode(fresh, true));
+    document.body.dataset.actionsRefreshed = "1";
   }
 
   function addHost(h) { if (!state.hosts.includes(h)) state.hosts.push(h); }
@@ -109,7 +121,10 @@
         if (msg.recap) { recap(msg.recap); Object.keys(msg.recap).forEach(addHost); }
         if (msg.event.stdout) logBuf.push(ansi(msg.event.stdout) + "\n");
         break;
-      case "end": flushLog(); source.close(); document.body.dataset.streamEnded = "1"; break;
+      case "end":
+        flushLog(); source.close(); document.body.dataset.streamEnded = "1";
+        if (watchedLive) refreshActions();
+        break;
       case "error": setStatus(statusEl.textContent, msg.detail); source.close(); break;
     }
     schedulePaint();
