@@ -575,6 +575,10 @@ def test_a_mistyped_release_fails_fast_and_changes_nothing(lab: Lab) -> None:
     # Fast by construction rather than by a clock: the registry's answer is final, so nothing waits and asks again.
     assert "FAILED - RETRYING" not in run.output
     assert [lab.release_on(h) for h in lab.app_hosts()] == ["v2", "v2", "v2"]
+    # A service pinned to another tag is named with the tag it would have pulled, not the release's.
+    pinned = lab.play("deploy.yml", release="v2", deploy_release_overrides={"demo": "v1-typo"})
+    assert pinned.returncode != 0
+    assert "has no demo:v1-typo" in " ".join(pinned.output.split()), pinned.output[-3000:]
 
 
 def test_a_bad_container_setting_fails_the_preflight_and_changes_nothing(lab: Lab) -> None:
