@@ -90,6 +90,7 @@ def test_the_rules_the_issue_asks_for_are_shipped(rendered: Path) -> None:
     assert set(alert_names(rendered / "rules" / "fleetdeploy.yml")) >= {
         "HostDown", "DiskWillFillSoon", "MemoryPressure", "LoadBalancer5xxRatioHigh",
         "AppHostOutOfLoadBalancer", "HealthProbeFailing", "CertificateExpiringSoon", "RegistryDown",
+        "PostgresDown", "PostgresConnectionsNearLimit", "RedisDown", "RedisConnectionsNearLimit", "RedisPersistenceFailing",
     }
 
 
@@ -192,7 +193,7 @@ def test_dashboard_queries_are_valid_promql(tmp_path: Path, promtool: Path) -> N
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("role", ["app_release", "exporters", "monitoring"])
+@pytest.mark.parametrize("role", ["app_release", "exporters", "monitoring", "postgresql", "redis"])
 def test_role_readme_lists_every_option_of_the_argument_specs(role: str) -> None:
     options = yaml.safe_load((REPO / "roles" / role / "meta" / "argument_specs.yml").read_text())
     options = options["argument_specs"]["main"]["options"]
