@@ -193,7 +193,7 @@ def test_dashboard_queries_are_valid_promql(tmp_path: Path, promtool: Path) -> N
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("role", ["app_release", "exporters", "monitoring", "postgresql", "redis"])
+@pytest.mark.parametrize("role", ["app_release", "exporters", "monitoring", "object_store", "postgresql", "redis"])
 def test_role_readme_lists_every_option_of_the_argument_specs(role: str) -> None:
     options = yaml.safe_load((REPO / "roles" / role / "meta" / "argument_specs.yml").read_text())
     options = options["argument_specs"]["main"]["options"]
