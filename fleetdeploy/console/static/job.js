@@ -49,7 +49,6 @@
     const fresh = new DOMParser().parseFromString(await page.text(), "text/html").getElementById("job-actions");
     const here = document.getElementById("job-actions");
     if (fresh && here) here.replaceWith(document.importNode(fresh, true));
-    document.body.dataset.actionsRefreshed = "1";
   }
 
   function addHost(h) { if (!state.hosts.includes(h)) state.hosts.push(h); }
