@@ -35,6 +35,7 @@ lab: setup ## Bring up the lab, provision it and deploy release $(RELEASE) (defa
 	# A lab builds from a working tree that may hold uncommitted changes (docs/deploy.md, "Build provenance").
 	ansible-playbook playbooks/build.yml -e release=$(RELEASE) -e build_allow_dirty=true
 	ansible-playbook deploy.yml -e release=$(RELEASE)
+	ansible-playbook playbooks/lab_seed.yml
 	@bash scripts/lab-summary.sh
 
 lab-destroy: venv ## Remove the lab's containers, network, volumes and keys

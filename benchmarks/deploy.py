@@ -62,7 +62,7 @@ sys.path.insert(0, str(REPO / "tests"))
 sys.path.insert(0, str(REPO))
 
 from fleetdeploy.loadgen import LoadGenerator, Result, Sample  # noqa: E402
-from helpers import Run, playbook  # noqa: E402
+from helpers import Run, link_demo_group_vars, playbook  # noqa: E402
 
 LAB = "fdbench"
 HTTP_PORT = 38080
@@ -128,10 +128,10 @@ class BenchLab:
         self.root = root
         self.inventory = root / "inventory"
         self.inventory.mkdir()
-        os.symlink(REPO / "inventories" / "local" / "group_vars", self.inventory / "group_vars")
+        link_demo_group_vars(self.inventory)
 
     def lab_vars(self, app_hosts: int) -> dict[str, object]:
-        return {"lab_name": LAB, "lab_app_hosts": app_hosts, "lab_ssh_port_base": 3400,
+        return {"lab_name": LAB, "lab_app_hosts": app_hosts, "lab_data_host": False, "lab_ssh_port_base": 3400,
                 "lab_http_port": HTTP_PORT, "lab_https_port": 38443, "lab_prometheus_port": 39090,
                 "lab_alertmanager_port": 39093, "lab_registry_port": 35443,
                 "lab_state_dir": str(self.root / "state"), "lab_inventory_file": str(self.inventory / "hosts.yml")}

@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -117,3 +118,29 @@ def playbook(path: str, *args: str, extra_vars: dict[str, object] | None = None,
     if extra_vars:
         cmd += ["-e", json.dumps(extra_vars)]
     return run(cmd, **extra_env)
+
+
+DEMO_SERVICES = REPO / "tests" / "fixtures" / "demo_lab" / "services.yml"
+
+
+def link_demo_group_vars(inventory: Path) -> None:
+    """The local environment's group_vars under `inventory`, file by file (a developer's own vault.yml left
+    out), with the demo service alone in place of the application's services: a lab for the deploy engine
+    (tests/test_deploy.py, benchmarks/deploy.py) that needs no data host."""
+    local = REPO / "inventories" / "local" / "group_vars"
+    for source in sorted(local.rglob("*")):
+        if source.is_file() and source.name != "vault.yml":
+            target = inventory / "group_vars" / source.relative_to(local)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.symlink_to(DEMO_SERVICES if source.relative_to(local) == Path("all/services.yml") else source)
+
+
+def worker_events(exec_on: Callable[..., str], host: str, since: str, service: str) -> list[tuple[str, str, str]]:
+    """The host's Docker events of the service's containers since `since` (the host's epoch seconds):
+    (action, container name, exit code) in order; the stream ends at the host's clock now. `exec_on(host,
+    *command)` runs a command on a lab host and returns its output."""
+    until = exec_on(host, "date", "+%s").strip()
+    lines = exec_on(host, "docker", "events", "--since", since, "--until", until, "--filter", "type=container",
+                    "--filter", f"label=org.fleetdeploy.service={service}",
+                    "--format", "{{.Action}} {{.Actor.Attributes.name}} {{.Actor.Attributes.exitCode}}").splitlines()
+    return [tuple((line.split() + ["", ""])[:3]) for line in lines if line.split()[0] in ("start", "kill", "die")]

@@ -4,7 +4,8 @@ The lab (lab_name fdci, LB on 127.0.0.1:28080) has no monitor host; it starts wi
 grows to four under load. The one-host case is app1 serving alone (the others out of HAProxy) and
 swapped without any help from the load balancer. All traffic goes to 127.0.0.1.
 
-The lab's inventory is the local environment's group_vars plus a vault.yml of its own, encrypted with
+The lab's inventory is the local environment's group_vars, with the demo service in place of the
+application's (tests/fixtures/demo_lab/services.yml), plus a vault.yml of its own, encrypted with
 ansible-vault: the demo service's secret environment holds a canary, a random value that must reach the
 service's containers and no output, event or stored row on the way.
 """
@@ -27,7 +28,8 @@ import yaml
 
 from console_server import CONSOLE, Server, chromium_page, sign_in, start_server
 from fleetdeploy.loadgen import LoadGenerator, Result
-from helpers import REPO, SLOT_SUFFIX, VENV_BIN, Run, env, playbook, slot_port
+from helpers import (DEMO_SERVICES, REPO, SLOT_SUFFIX, VENV_BIN, Run, env, link_demo_group_vars, playbook, slot_port,
+                     worker_events)
 from helpers import run as run_command
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
@@ -52,12 +54,7 @@ class Lab:
     def write_inventory(self) -> None:
         """The local environment's group_vars, file by file (a developer's own vault.yml left out), and a
         vault.yml encrypted with a password of the lab's own, holding the canary as the demo's secret."""
-        local = REPO / "inventories" / "local" / "group_vars"
-        for source in sorted(local.rglob("*")):
-            if source.is_file() and source.name != "vault.yml":
-                target = self.inventory / "group_vars" / source.relative_to(local)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.symlink_to(source)
+        link_demo_group_vars(self.inventory)
         self.vault_password_file.write_text(secrets.token_urlsafe(24) + "\n")
         plain = yaml.safe_dump({"vault_deploy_secrets": {"demo": {CANARY_VARIABLE: self.canary}}})
         encrypted = subprocess.run([str(VENV_BIN / "ansible-vault"), "encrypt", "--vault-password-file",
@@ -83,6 +80,8 @@ class Lab:
             "lab_app_hosts": app_hosts,
             # Deploys need no monitor host; the monitoring has scenarios of its own (molecule/monitoring).
             "lab_monitor_host": False,
+            # The demo service needs no PostgreSQL, Redis or S3.
+            "lab_data_host": False,
             # This lab's deploys are the suite's longest chain: when the CPU is short, its hosts go first.
             "lab_cpu_shares": 4096,
             "lab_ssh_port_base": slot_port(2400),
@@ -304,7 +303,7 @@ def test_a_services_vault_secret_reaches_its_container_and_no_output_or_event(la
     A service that still carries its secrets in deploy_services (secret_env) is refused before anything
     changes, without showing them. After the console's deploy every host runs v1; each run here swaps app1
     (v1 -> v2 -> v1 -> v2), and the fleet's records end as the console's deploy left them but for app1 on v2."""
-    services = yaml.safe_load((REPO / "inventories" / "local" / "group_vars" / "all" / "services.yml").read_text())
+    services = yaml.safe_load(DEMO_SERVICES.read_text())
     old_style = [dict(service, secret_env={CANARY_VARIABLE: lab.canary}) for service in services["deploy_services"]]
     refused = lab.play("deploy.yml", "-vvv", "--limit", "app1,ops1", release="v2", deploy_services=old_style)
     assert refused.returncode != 0
@@ -416,23 +415,13 @@ def test_a_failing_release_task_stops_the_deploy_before_any_host_changes(lab: La
     assert (service_containers(lab), {host: lab.record(host) for host in lab.app_hosts()}) == (containers, records)
 
 
-def worker_events(lab: Lab, host: str, since: str, service: str) -> list[tuple[str, str, str]]:
-    """The host's Docker events of the service's containers since `since` (the host's epoch seconds):
-    (action, container name, exit code) in order; the stream ends at the host's clock now."""
-    until = lab.exec(host, "date", "+%s").strip()
-    lines = lab.exec(host, "docker", "events", "--since", since, "--until", until, "--filter", "type=container",
-                     "--filter", f"label=org.fleetdeploy.service={service}",
-                     "--format", "{{.Action}} {{.Actor.Attributes.name}} {{.Actor.Attributes.exitCode}}").splitlines()
-    return [tuple((line.split() + ["", ""])[:3]) for line in lines if line.split()[0] in ("start", "kill", "die")]
-
-
 def test_a_worker_starts_before_its_old_copy_stops_and_a_singleton_never_runs_twice(lab: Lab) -> None:
     """Two workers from the demo image (its server stands in for a queue consumer: on SIGTERM it finishes
     what it holds and exits 0): `consumer` on every app host, and `scheduler`, a singleton. Deployed at v1
     (the demo kept at v2), then v2 under load, every host at once: on every host the new consumer starts before the old one
     gets SIGTERM, and the old one exits 0 within its grace period; the scheduler runs on app1 alone, and
     its old copy has exited before the new one starts. Zero failed requests throughout."""
-    services = yaml.safe_load((REPO / "inventories" / "local" / "group_vars" / "all" / "services.yml").read_text())
+    services = yaml.safe_load(DEMO_SERVICES.read_text())
     demo = services["deploy_services"][0]
     common = {key: demo[key] for key in ("image", "group", "env", "memory", "cpus", "tmpfs")}
     workers = [dict(common, name="consumer", kind="worker", stop_grace_period=10),
@@ -447,13 +436,13 @@ def test_a_worker_starts_before_its_old_copy_stops_and_a_singleton_never_runs_tw
         run.check()
         assert_no_failures(load)
         for host in lab.app_hosts():
-            consumer = worker_events(lab, host, since[host], "consumer")
+            consumer = worker_events(lab.exec, host, since[host], "consumer")
             assert [(action, name) for action, name, _ in consumer] == [
                 ("start", "consumer-b"), ("kill", "consumer-a"), ("die", "consumer-a")], (host, consumer)
             assert consumer[-1][2] == "0", (host, consumer)  # a clean exit on SIGTERM, not a SIGKILL (137)
             running = lab.exec(host, "docker", "ps", "--filter", "label=org.fleetdeploy.service=scheduler",
                                "--format", "{{.Names}} {{.Label \"org.fleetdeploy.release\"}}").split("\n")
-            scheduler = worker_events(lab, host, since[host], "scheduler")
+            scheduler = worker_events(lab.exec, host, since[host], "scheduler")
             if host == "app1":
                 assert running[0] == "scheduler-b v2", running
                 assert [(action, name) for action, name, _ in scheduler] == [
@@ -582,7 +571,7 @@ def test_a_mistyped_release_fails_fast_and_changes_nothing(lab: Lab) -> None:
 
 
 def test_a_bad_container_setting_fails_the_preflight_and_changes_nothing(lab: Lab) -> None:
-    services = yaml.safe_load((REPO / "inventories" / "local" / "group_vars" / "all" / "services.yml").read_text())
+    services = yaml.safe_load(DEMO_SERVICES.read_text())
     bad = [dict(services["deploy_services"][0], pids_limit=0)]
     run = lab.play("deploy.yml", release="v2", deploy_services=bad)
     assert run.returncode != 0

@@ -1,0 +1,227 @@
+"""The real application on a lab of its own, as `make lab` brings it up: web (Django under uWSGI), tracking
+(its API and its worker) and postcode, on three app hosts, with PostgreSQL, Redis and the S3 store on the
+data host, under traffic that mixes pages, the API, search and tracking, GETs and POSTs, signed in, with
+uploads (tests/app_traffic.py). All traffic goes to 127.0.0.1 or into the lab's own containers.
+
+The lab (lab_name fdapp, LB on 127.0.0.1:26080) has no monitor host. Release v1 is the services as they
+are in this checkout; v2 is the same sources plus a tracking migration that adds a column to the table
+the traffic writes (the expand step of docs/deploy.md), built by the production build playbook from a copy
+of services/ (build_allow_dirty: the copy is not a git tree).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+
+import docker
+import httpx
+import pytest
+
+from app_traffic import PARCEL, AppTraffic, Traffic, sign_in
+from helpers import REPO, SLOT_SUFFIX, Run, playbook, slot_port, worker_events
+
+pytestmark = [pytest.mark.lab, pytest.mark.slow]
+
+LAB = f"fdapp{SLOT_SUFFIX}"
+HTTP_PORT = slot_port(26080)
+RATE = 60  # requests per second over 4 keep-alive connections (the issue asks for at least 50)
+MIGRATION = "0002_tracking_events_source.sql"
+QUIET_PARCEL = "LAB0000002"  # no traffic writes to it: its answer must not change across a deploy
+
+
+class AppLab:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.inventory = root / "inventory"
+        self.client = docker.from_env()
+
+    def lab_vars(self, app_hosts: int) -> dict[str, object]:
+        return {
+            "lab_name": LAB,
+            "lab_app_hosts": app_hosts,
+            "lab_monitor_host": False,
+            "lab_data_host": True,
+            "lab_ssh_port_base": slot_port(2500),
+            "lab_http_port": HTTP_PORT,
+            "lab_https_port": slot_port(26443),
+            "lab_registry_port": slot_port(26543),
+            "lab_state_dir": str(self.root / "state"),
+            "lab_inventory_file": str(self.inventory / "hosts.yml"),
+        }
+
+    def play(self, path: str, *args: str, **extra_vars: object) -> Run:
+        return playbook(path, "-i", str(self.inventory), *args, extra_vars=extra_vars or None,
+                        FLEETDEPLOY_ACTOR="pytest", ANSIBLE_CACHE_PLUGIN_CONNECTION=str(self.root / "facts"))
+
+    def exec(self, host: str, *cmd: str) -> str:
+        return self.client.containers.get(f"{LAB}-lab-{host}").exec_run(list(cmd)).output.decode()
+
+    def app_hosts(self) -> list[str]:
+        found = self.client.containers.list(filters={"label": f"org.fleetdeploy.lab={LAB}"})
+        return sorted(c.labels["org.fleetdeploy.host"] for c in found if c.labels["org.fleetdeploy.host"].startswith("app"))
+
+    def password(self) -> str:
+        return (self.root / "state" / "secrets" / "web_demo_password").read_text().strip()
+
+    def on_host(self, host: str, path: str, cookie: str = "") -> tuple[int, bytes]:
+        """GET path from the host's own nginx (the load balancer left out): status and body."""
+        out = self.client.containers.get(f"{LAB}-lab-{host}").exec_run(
+            ["curl", "-sS", "--max-time", "10", "-o", "/tmp/fd-body", "-w", "%{http_code}",
+             *(["-H", f"Cookie: {cookie}"] if cookie else []), f"http://127.0.0.1{path}"]).output.decode()
+        body = self.client.containers.get(f"{LAB}-lab-{host}").exec_run(["cat", "/tmp/fd-body"]).output
+        return int(out[-3:]), body
+
+    def psql(self, database: str, sql: str) -> str:
+        return self.exec("data1", "runuser", "-u", "postgres", "--", "psql", "-d", database, "-At", "-c", sql)
+
+
+def build_v2(root: Path) -> Path:
+    """services/ copied, with a tracking migration that adds a nullable column to tracking_events."""
+    sources = root / "v2-services"
+    shutil.copytree(REPO / "services", sources, ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache"))
+    (sources / "tracking" / "tracking" / "migrations" / MIGRATION).write_text(
+        "-- v2 of the application's test: an expansion (a nullable column) while v1 keeps writing events.\n"
+        "ALTER TABLE tracking_events ADD COLUMN source text;\n")
+    return sources
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("applab")
+    lab = AppLab(root)
+    lab.inventory.mkdir()
+    # The local environment's group_vars as they are: the application's services, its data host.
+    (lab.inventory / "group_vars").symlink_to(REPO / "inventories" / "local" / "group_vars")
+    playbook("playbooks/lab_destroy.yml", extra_vars=lab.lab_vars(1)).check()
+    playbook("playbooks/lab.yml", extra_vars=lab.lab_vars(3)).check()
+    lab.play("site.yml").check()
+    lab.play("playbooks/build.yml", release="v1", build_allow_dirty=True).check()
+    lab.play("playbooks/build.yml", release="v2", build_allow_dirty=True,
+             image_build_source_dir=str(build_v2(root))).check()
+    lab.play("deploy.yml", release="v1").check()
+    lab.play("playbooks/lab_seed.yml").check()
+    yield lab
+    playbook("playbooks/lab_destroy.yml", extra_vars=lab.lab_vars(3))
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def assert_no_failures(traffic: Traffic) -> None:
+    assert traffic.requests >= 100, traffic.summary()
+    assert traffic.rate >= 50, traffic.summary()
+    assert traffic.failures == [], traffic.summary()
+
+
+def test_the_lab_seed_changes_nothing_the_second_time(lab: AppLab) -> None:
+    """`make lab` may be run again: the demo user keeps its password, no parcel or event is doubled."""
+    assert lab.play("playbooks/lab_seed.yml").check().changed() == 0
+    assert lab.psql("tracking", f"SELECT count(*) FROM tracking_events e JOIN parcels p ON p.id = e.parcel_id "
+                                f"WHERE p.code = '{QUIET_PARCEL}'").strip() == "2"
+
+
+def test_every_service_answers_on_its_own_prefix_from_every_host(lab: AppLab) -> None:
+    """Each route reaches its own service on each app host: the web's API, the tracking API, the postal-code
+    search over the real data set (with a fuzzy place name), and the web's parcel page, which asks tracking."""
+    for host in lab.app_hosts():
+        status, body = lab.on_host(host, "/api/version")
+        assert (status, json.loads(body)["service"]) == (200, "web"), (host, body[:200])
+        status, body = lab.on_host(host, f"/tracking/parcels/{QUIET_PARCEL}")
+        assert status == 200 and [e["location"] for e in json.loads(body)["events"]] == ["Salzburg", "Wien"], (host, body[:300])
+        status, body = lab.on_host(host, "/postcode/search?place=Zurich&country=CH")
+        assert status == 200 and any(r["place"].startswith("Zürich") for r in json.loads(body)["results"]), (host, body[:300])
+        status, body = lab.on_host(host, f"/parcels/{PARCEL}")
+        assert status == 200 and b"Hannover" in body, (host, body[:300])
+
+
+def test_v1_to_v2_of_every_service_on_three_hosts_keeps_sessions_uploads_and_answers(lab: AppLab) -> None:
+    """Issue 18's first acceptance and issue 17's first and fourth: v1 -> v2 of web, tracking (API and
+    worker) and postcode on three app hosts, with a migration adding a column to the table the traffic
+    writes, at 60 requests/s: no failed request; a user signed in before is still signed in on every host;
+    a file uploaded before downloads byte for byte from every host; search and tracking answer the same;
+    on every host the new worker started before the old one got SIGTERM, and the old one exited 0."""
+    before_session = httpx.Client(base_url=f"http://127.0.0.1:{HTTP_PORT}", timeout=10)
+    sign_in(before_session, "demo", lab.password())
+    body = bytes(range(256)) * 400
+    uploaded = before_session.post("/api/uploads", files={"file": ("before.bin", body, "application/octet-stream")},
+                                   headers={"X-CSRFToken": before_session.cookies["csrftoken"]})
+    assert uploaded.status_code == 201, uploaded.text[:300]
+    download = uploaded.json()["download"]
+    cookie = f"sessionid={before_session.cookies['sessionid']}"
+    search = before_session.get("/postcode/search", params={"code": "80"}).json()
+    parcel = before_session.get(f"/tracking/parcels/{QUIET_PARCEL}").json()
+    since = {host: lab.exec(host, "date", "+%s").strip() for host in lab.app_hosts()}
+
+    with AppTraffic(HTTP_PORT, "demo", lab.password(), rate=RATE) as traffic:
+        time.sleep(3)  # steady state first
+        run = lab.play("deploy.yml", release="v2")
+        time.sleep(2)
+    run.check()
+    assert_no_failures(traffic)
+    (lab.root / "deploy-traffic.json").write_text(json.dumps(traffic.percentiles()))
+
+    assert lab.psql("tracking", "SELECT column_name FROM information_schema.columns "
+                                "WHERE table_name = 'tracking_events' AND column_name = 'source'").strip() == "source"
+    for host in lab.app_hosts():
+        for service in ("web", "tracking", "tracking-worker", "postcode"):
+            record = json.loads(lab.exec(host, "cat", f"/var/lib/fleetdeploy/releases/{service}.json"))
+            assert record["current"] == "v2", (host, service, record)
+        status, me = lab.on_host(host, "/api/me", cookie)
+        assert (status, json.loads(me)) == (200, {"username": "demo"}), (host, me[:200])
+        status, content = lab.on_host(host, download, cookie)
+        assert status == 200 and hashlib.sha256(content).hexdigest() == hashlib.sha256(body).hexdigest(), (host, status)
+        worker = worker_events(lab.exec, host, since[host], "tracking-worker")
+        assert [(action, name) for action, name, _ in worker] == [
+            ("start", "tracking-worker-b"), ("kill", "tracking-worker-a"), ("die", "tracking-worker-a")], (host, worker)
+        assert worker[-1][2] == "0", (host, worker)  # a clean exit on SIGTERM, not a SIGKILL (137)
+    # Every upload the traffic made during the deploy is there too, byte for byte (by its stored sha256).
+    for path, digest in list(traffic.uploads.items())[:20]:
+        status, content = lab.on_host(lab.app_hosts()[-1], path, cookie)
+        assert status == 200 and hashlib.sha256(content).hexdigest() == digest, path
+    assert before_session.get("/postcode/search", params={"code": "80"}).json() == search
+    assert before_session.get(f"/tracking/parcels/{QUIET_PARCEL}").json() == parcel
+    before_session.close()
+
+
+def test_an_event_queued_through_the_api_is_stored_by_the_worker(lab: AppLab) -> None:
+    """The worker path: POST /tracking/events answers 202, and a worker stores the event in the parcel's history."""
+    with httpx.Client(base_url=f"http://127.0.0.1:{HTTP_PORT}", timeout=10) as client:
+        queued = client.post("/tracking/events", json={"parcel_code": "LAB0000003", "status": "in_transit",
+                                                       "location": "queued by the test"})
+        assert queued.status_code == 202, queued.text[:300]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            events = client.get("/tracking/parcels/LAB0000003").json()["events"]
+            if any(e["location"] == "queued by the test" for e in events):
+                return
+            time.sleep(1)
+    pytest.fail(f"the queued event never reached the parcel's history: {events}")
+
+
+def test_with_tracking_stopped_the_parcel_page_says_so_and_the_rest_of_the_site_works(lab: AppLab) -> None:
+    """Issue 18's third acceptance: every tracking container stopped; through the load balancer the parcel
+    page answers 503 with a clear message, and the home page, the API and the search keep answering
+    (tracking has host_health: false, so no host leaves the load balancer)."""
+    hosts = lab.app_hosts()
+    stopped = {host: lab.exec(host, "sh", "-c", "docker ps -q --filter label=org.fleetdeploy.service=tracking").split()
+               for host in hosts}
+    try:
+        for host, ids in stopped.items():
+            lab.exec(host, "docker", "stop", *ids)
+        with httpx.Client(base_url=f"http://127.0.0.1:{HTTP_PORT}", timeout=15) as client:
+            sign_in(client, "demo", lab.password())
+            for _ in range(2 * len(hosts)):  # every host answers some of them
+                page = client.get(f"/parcels/{PARCEL}")
+                assert page.status_code == 503 and "tracking" in page.text.lower(), (page.status_code, page.text[:300])
+                assert client.get("/").status_code == 200
+                assert client.get("/api/me").status_code == 200
+                assert client.get("/postcode/search", params={"code": "1010"}).status_code == 200
+    finally:
+        for host, ids in stopped.items():
+            lab.exec(host, "docker", "start", *ids)
+    deadline = time.monotonic() + 60
+    while lab.on_host(hosts[0], f"/parcels/{PARCEL}")[0] != 200 and time.monotonic() < deadline:
+        time.sleep(1)
+    assert lab.on_host(hosts[0], f"/parcels/{PARCEL}")[0] == 200
