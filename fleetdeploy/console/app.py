@@ -181,6 +181,7 @@ class LogSearch(BaseModel):
 
 class ReleaseEntry(BaseModel):
     id: int = Field(description="The job")
+    environment: str
     action: str
     service: str | None
     release: str | None

@@ -202,23 +202,23 @@ def test_a_click_on_a_grid_cell_shows_that_hosts_log(browser_page: object, serve
     assert download.value.suggested_filename == f"job-{job_id}.log"
 
 
-def test_the_release_history_page_compares_two_releases(browser_page: object, server: Server, ci: Client,
-                                                         finished: dict[str, dict[str, Any]]) -> None:
+def test_the_release_history_page_compares_two_releases(
+        browser_page: object, server: Server, staging_releases: tuple[dict[str, Any], dict[str, Any]]) -> None:
     from playwright.sync_api import Page, expect
 
     page = browser_page
     assert isinstance(page, Page)
-    old = finished["fleet"]["id"]
-    new = ci.wait(ci.launch("fleet", release="v1.1.0", fixture_step=0))["id"]
+    old, new = (job["id"] for job in staging_releases)
     sign_in(page, server, "viewer")
-    page.click("#env-fleet a:text-is('release history')")
-    expect(page).to_have_url(f"{server.url}/environments/fleet/releases")
+    page.click("#env-staging a:text-is('release history')")
+    expect(page).to_have_url(f"{server.url}/environments/staging/releases")
     row = page.locator(f"#releases tr[data-job='{new}']")
-    expect(row).to_contain_text("v1.1.0")
+    expect(row).to_contain_text("v1.3.0")
     expect(row).to_contain_text("token:ci")
     expect(row.locator("td.digest")).to_contain_text("sha256:")
     page.check(f"#releases tr[data-job='{old}'] input[name=before]")
     page.check(f"#releases tr[data-job='{new}'] input[name=after]")
     page.click("#diff-button")
     expect(page.locator("#diff tr[data-setting=release]")).to_contain_text('"v1.2.0"')
-    expect(page.locator("#diff tr[data-setting=release]")).to_contain_text('"v1.1.0"')
+    expect(page.locator("#diff tr[data-setting=release]")).to_contain_text('"v1.3.0"')
+    expect(page.locator("#diff tr[data-setting=fixture_batch]")).to_contain_text("3")

@@ -105,23 +105,23 @@ def test_the_log_routes_refuse_other_environments_and_unknown_hosts(server: Serv
 
 
 def test_release_history_says_who_released_what_when_with_the_digest(
-        ci: Client, viewer: Client, finished: dict[str, dict[str, Any]]) -> None:
-    old = finished["fleet"]
-    new = ci.wait(ci.launch("fleet", release="v1.3.0", fixture_step=0, fixture_batch=3))
-    r = viewer.get("/api/environments/fleet/releases")
+        viewer: Client, finished: dict[str, dict[str, Any]],
+        staging_releases: tuple[dict[str, Any], dict[str, Any]]) -> None:
+    old, new = staging_releases
+    r = viewer.get("/api/environments/staging/releases")
     assert r.status_code == 200, r.text
     history = r.json()
     ids = [h["id"] for h in history]
     assert ids == sorted(ids, reverse=True) and {old["id"], new["id"]} <= set(ids)
-    assert not {h["id"] for h in history} & {finished["broken"]["id"]}  # another environment's job
+    assert not {h["id"] for h in history} & {finished["fleet"]["id"]}  # another environment's job
     entry = next(h for h in history if h["id"] == new["id"])
     assert entry["release"] == "v1.3.0" and entry["service"] == "web" and entry["action"] == "deploy"
     assert entry["launched_by"] == "token:ci" and entry["status"] == "successful" and entry["rc"] == 0
     assert entry["finished_at"] and sorted(entry["hosts"]) == [f"web{i}" for i in range(1, 7)]
     assert entry["digests"] == {"fleetdeploy/web:v1.3.0": "sha256:" + hashlib.sha256(b"v1.3.0").hexdigest()}
-    assert viewer.get("/api/environments/fleet/releases", params={"service": "db"}).json() == []
+    assert viewer.get("/api/environments/staging/releases", params={"service": "db"}).json() == []
 
-    diff = viewer.get("/api/environments/fleet/releases/diff", params={"before": old["id"], "after": new["id"]})
+    diff = viewer.get("/api/environments/staging/releases/diff", params={"before": old["id"], "after": new["id"]})
     assert diff.status_code == 200, diff.text
     body = diff.json()
     assert body["changes"] == [
@@ -130,13 +130,14 @@ def test_release_history_says_who_released_what_when_with_the_digest(
     ]
     assert body["same"] == ["fixture_step"]
 
-    page = viewer.get("/environments/fleet/releases").text
+    page = viewer.get("/environments/staging/releases").text
     assert f'<tr data-job="{new["id"]}">' in page and "sha256:" in page
-    shown = viewer.get("/environments/fleet/releases/diff", params={"before": new["id"], "after": old["id"]}).text
+    shown = viewer.get("/environments/staging/releases/diff", params={"before": new["id"], "after": old["id"]}).text
     assert 'data-setting="release"' in shown and '<code>"v1.2.0"</code></td><td><code>"v1.3.0"</code>' in shown
 
 
-def test_release_history_refuses_other_environments(stager: Client, finished: dict[str, dict[str, Any]]) -> None:
+def test_release_history_refuses_other_environments(stager: Client, finished: dict[str, dict[str, Any]],
+                                                    staging_releases: tuple[dict[str, Any], dict[str, Any]]) -> None:
     fleet, broken = finished["fleet"]["id"], finished["broken"]["id"]
     assert stager.get("/api/environments/fleet/releases").status_code == 404
     assert stager.get("/api/environments/nowhere/releases").status_code == 404
@@ -146,7 +147,9 @@ def test_release_history_refuses_other_environments(stager: Client, finished: di
     # Staging is the stager's, but neither job is staging's: the diff names no job of another environment.
     r = stager.get("/api/environments/staging/releases/diff", params={"before": fleet, "after": broken})
     assert r.status_code == 404 and "fleet" not in r.text
-    assert all(h["environment"] == "staging" for h in stager.get("/api/environments/staging/releases").json())
+    own = stager.get("/api/environments/staging/releases").json()
+    assert {j["id"] for j in staging_releases} <= {h["id"] for h in own}
+    assert {h["environment"] for h in own} == {"staging"}
 
 
 def _event(counter: int, kind: str, host: str, task: str, created: str, stdout: str = "",
