@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import fastapi_offline
 from fastapi import APIRouter, Depends, FastAPI, Header, Query, Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, Field
 from sqlalchemy import select
@@ -145,6 +145,74 @@ class TokenRequest(BaseModel):
     environments: list[str] | None = Field(None, description="None: every environment")
 
 
+class HostTask(BaseModel):
+    counter: int | None = Field(description="The event's place in the job's output")
+    play: str
+    task: str
+    event: str = Field(description="The runner event: runner_on_ok, runner_on_failed, runner_item_on_ok, ...")
+    state: str = Field(description="ok, changed, failed, unreachable, skipped (a loop item: its own outcome)")
+    created: str | None = Field(description="When the event happened (the controller's clock, UTC)")
+    stdout: str = Field(description="The lines ansible-playbook printed for it, redacted like every stored event")
+    elapsed: float | None = Field(description="Seconds the task took on the host; None for a loop item")
+
+
+class HostLog(BaseModel):
+    job_id: int
+    host: str
+    result: str | None = Field(description="The host's outcome in the job (the grid's result column)")
+    events_pruned: bool = Field(description="True when retention dropped the job's events: the log is empty")
+    tasks: list[HostTask]
+
+
+class LogMatch(BaseModel):
+    counter: int | None
+    host: str | None
+    task: str
+    line: str
+
+
+class LogSearch(BaseModel):
+    job_id: int
+    query: str
+    host: str | None
+    matches: list[LogMatch]
+    truncated: bool = Field(description="True when there were more matches than the answer holds")
+
+
+class ReleaseEntry(BaseModel):
+    id: int = Field(description="The job")
+    environment: str
+    action: str
+    service: str | None
+    release: str | None
+    launched_by: str
+    status: str
+    rc: int | None
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    relaunch_of: int | None
+    canceled_by: str | None
+    explanation: str | None
+    digests: dict[str, str] = Field(description="{image:tag: registry digest} the job recorded, if any")
+    hosts: dict[str, str] = Field(description="Each host's outcome")
+
+
+class SettingChange(BaseModel):
+    name: str = Field(description="release, or an extra var's name")
+    before: Any
+    after: Any
+    change: Literal["added", "removed", "changed"]
+
+
+class ReleaseDiff(BaseModel):
+    environment: str
+    before: int = Field(description="The older job")
+    after: int = Field(description="The newer job")
+    changes: list[SettingChange]
+    same: list[str] = Field(description="Settings both jobs had with the same value")
+
+
 api = APIRouter(prefix="/api")
 
 
@@ -197,6 +265,41 @@ def list_jobs(request: Request, environment: str | None = None, action: str | No
 @api.get("/jobs/{job_id}", summary="Status, per-host results, the grid and the recap")
 def get_job(job_id: int, request: Request, who: Principal = Depends(viewer)) -> dict[str, Any]:
     return console_of(request).job(who, job_id)
+
+
+@api.get("/jobs/{job_id}/hosts/{host}/log", response_model=HostLog,
+         summary="One host's output in the job, task by task, with each task's elapsed time")
+def host_log(job_id: int, host: str, request: Request, who: Principal = Depends(viewer)) -> dict[str, Any]:
+    return console_of(request).host_log(who, job_id, host)
+
+
+@api.get("/jobs/{job_id}/log/search", response_model=LogSearch,
+         summary="The job's output lines holding a text (case-insensitive), optionally of one host")
+def search_log(job_id: int, request: Request, q: str = Query(min_length=1, max_length=200),
+               host: str | None = Query(None, max_length=255), who: Principal = Depends(viewer)) -> dict[str, Any]:
+    return console_of(request).search_log(who, job_id, q, host)
+
+
+@api.get("/jobs/{job_id}/log.txt", response_class=PlainTextResponse,
+         summary="The job's whole output as plain text (redacted, without colour codes), to download")
+def log_text(job_id: int, request: Request, who: Principal = Depends(viewer)) -> PlainTextResponse:
+    text = console_of(request).log_text(who, job_id)
+    return PlainTextResponse(text, headers={"Content-Disposition": f'attachment; filename="job-{job_id}.log"',
+                                            "Cache-Control": "no-store"})
+
+
+@api.get("/environments/{environment}/releases", response_model=list[ReleaseEntry],
+         summary="Release history of an environment: who released what, when, the outcome and image digests")
+def release_history(environment: str, request: Request, service: str | None = Query(None, max_length=64),
+                    limit: int = Query(100, ge=1, le=500), who: Principal = Depends(viewer)) -> list[dict[str, Any]]:
+    return console_of(request).release_history(who, environment, service, limit)
+
+
+@api.get("/environments/{environment}/releases/diff", response_model=ReleaseDiff,
+         summary="What changed in the settings (release, extra vars; secrets masked) between two release jobs")
+def release_diff(environment: str, request: Request, before: int = Query(ge=1), after: int = Query(ge=1),
+                 who: Principal = Depends(viewer)) -> dict[str, Any]:
+    return console_of(request).release_diff(who, environment, before, after)
 
 
 @api.post("/jobs/{job_id}/relaunch", status_code=201,

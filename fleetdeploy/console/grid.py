@@ -15,6 +15,9 @@ from typing import Any
 SEVERITY = {"failed": 5, "unreachable": 4, "changed": 3, "ok": 2, "skipped": 1, "pending": 0}
 _RECAP_KEYS = ("ok", "changed", "failures", "dark", "skipped", "rescued", "ignored")
 RELEASE_FACT = "app_release_running"
+# {image:tag: registry digest} the deploy's preflight read from the registry (playbooks/tasks/preflight.yml):
+# the release history shows which image a release was.
+DIGEST_FACT = "deploy_image_digests"
 
 
 @dataclass
@@ -35,6 +38,8 @@ class Grid:
     recap: dict[str, dict[str, int]] = field(default_factory=dict)
     # {host: {service: release}}, the latest each host reported.
     releases: dict[str, dict[str, str]] = field(default_factory=dict)
+    # {image:tag: digest}, as the job's hosts reported them (DIGEST_FACT).
+    digests: dict[str, str] = field(default_factory=dict)
     _play_batches: dict[str, int] = field(default_factory=dict)
 
     def plan(self, hosts: list[str]) -> None:
@@ -104,10 +109,14 @@ class Grid:
         return changed
 
     def _note_releases(self, host: str, res: Any) -> None:
-        reported = (res.get("ansible_facts") or {}).get(RELEASE_FACT) if isinstance(res, dict) else None
+        facts = (res.get("ansible_facts") or {}) if isinstance(res, dict) else {}
+        reported = facts.get(RELEASE_FACT)
         if isinstance(reported, dict):
             known = self.releases.setdefault(host, {})
             known.update({str(k): str(v) for k, v in reported.items() if v})
+        digests = facts.get(DIGEST_FACT)
+        if isinstance(digests, dict):
+            self.digests.update({str(k): str(v) for k, v in digests.items() if v})
 
     def host_results(self) -> dict[str, str]:
         """Each host's outcome: from the recap when the play ended, else the worst of its cells."""
@@ -136,6 +145,7 @@ class Grid:
             "recap": self.recap,
             "results": self.host_results(),
             "releases": self.releases,
+            "digests": self.digests,
         }
 
 

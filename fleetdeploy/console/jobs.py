@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from fleetdeploy.console.config import Action, Config, Environment, shown_database
 from fleetdeploy.console.db import Job, JobEvent, Release, now
-from fleetdeploy.console.grid import RELEASE_FACT, Grid
+from fleetdeploy.console.grid import DIGEST_FACT, RELEASE_FACT, Grid
 from fleetdeploy.console.notify import Notifier
 from fleetdeploy.console.playbook import HOSTS_PREFIX, KNOWN_ENV, write_known
 from fleetdeploy.console.redact import MASK, MAX_STDOUT, Redactor, scalars, secret_key, vault_secrets, walk_files
@@ -278,11 +278,12 @@ def slim_event(raw: dict[str, Any], redactor: Redactor) -> dict[str, Any]:
         if res.get("_ansible_no_log"):
             res = {"censored": True}
         else:
-            facts = res.get("ansible_facts")
-            release = facts.get(RELEASE_FACT) if isinstance(facts, dict) else None
+            facts = res.get("ansible_facts") if isinstance(res.get("ansible_facts"), dict) else {}
             res = {k: res[k] for k in _SLIM_RES_KEYS if k in res}
-            if release is not None:
-                res["ansible_facts"] = {RELEASE_FACT: release}  # of all facts, only what the dashboard shows
+            # Of all facts, only what the dashboard and the release history show.
+            shown = {k: facts[k] for k in (RELEASE_FACT, DIGEST_FACT) if k in facts}
+            if shown:
+                res["ansible_facts"] = shown
     stdout = raw.get("stdout") or ""
     if len(stdout) > MAX_STDOUT:
         stdout = stdout[:MAX_STDOUT] + "\n… (cut)"

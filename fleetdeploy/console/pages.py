@@ -24,6 +24,21 @@ _STATUS_CLASS = {"successful": "ok", "failed": "failed", "error": "failed", "can
 templates.env.globals["status_class"] = lambda s: _STATUS_CLASS.get(s, "pending")
 
 
+def _duration(seconds: float | None) -> str:
+    """Elapsed seconds as a person reads them: 42s, 3m 05s, 1h 02m."""
+    if seconds is None:
+        return "not started"
+    whole = int(seconds)
+    if whole < 60:
+        return f"{seconds:.1f}s" if seconds < 10 else f"{whole}s"
+    if whole < 3600:
+        return f"{whole // 60}m {whole % 60:02d}s"
+    return f"{whole // 3600}h {whole % 3600 // 60:02d}m"
+
+
+templates.env.globals["duration"] = _duration
+
+
 class _SignIn(Exception):
     pass
 
@@ -179,6 +194,25 @@ def job_page(request: Request, job_id: int) -> Response:
     may_relaunch, retry_hosts = console.relaunch_offer(who, job)
     return render(request, "job.html", who, job=job, may_cancel=who.may("deployer", job["environment"]),
                   may_relaunch=may_relaunch, retry_hosts=retry_hosts)
+
+
+@router.get("/environments/{environment}/releases")
+def releases_page(request: Request, environment: str, service: str = "") -> Response:
+    who = page_principal(request)
+    console = console_of(request)
+    entries = console.release_history(who, environment, service or None, 200)
+    services = sorted({a.service for a in console.config.actions.values() if a.service})
+    return render(request, "releases.html", who, environment=environment, entries=entries, service=service,
+                  services=services)
+
+
+@router.get("/environments/{environment}/releases/diff")
+def release_diff_page(request: Request, environment: str, before: int, after: int) -> Response:
+    who = page_principal(request)
+    if before > after:
+        before, after = after, before
+    diff = console_of(request).release_diff(who, environment, before, after)
+    return render(request, "release_diff.html", who, environment=environment, diff=diff)
 
 
 @router.post("/jobs/{job_id}/relaunch")

@@ -17,10 +17,22 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from fleetdeploy.console.config import TAG_PATTERN, Action, Config, Environment
-from fleetdeploy.console.db import Alert, ApiToken, AuditEntry, Job, Release, User, WebSession, make_engine, now
+from fleetdeploy.console import joblog
+from fleetdeploy.console.db import (
+    Alert,
+    ApiToken,
+    AuditEntry,
+    Job,
+    JobEvent,
+    Release,
+    User,
+    WebSession,
+    make_engine,
+    now,
+)
 from fleetdeploy.console.jobs import FINAL, JobManager, job_dict
 from fleetdeploy.console.notify import Notifier
-from fleetdeploy.console.redact import MASK
+from fleetdeploy.console.redact import MASK, secret_key
 from fleetdeploy.console.registry import RegistryClient, RegistryError
 from fleetdeploy.console.security import (
     ROLES,
@@ -446,8 +458,87 @@ class Console:
                 summary = {**live.grid.snapshot(), "events": live.received}
             out["status"] = live.status
         summary = summary or {"columns": [], "hosts": [], "cells": [], "recap": {}, "results": {}}
-        out.update(hosts=summary["results"], recap=summary["recap"], grid=summary)
+        out.update(hosts=summary["results"], recap=summary["recap"], grid=summary, elapsed=_elapsed(out))
         return out
+
+    def job_messages(self, who: Principal, job_id: int,
+                     host: str | None = None) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """The job (404 outside `who`'s environments) and its redacted messages in order, optionally only
+        `host`'s: from memory while the job is live (the database writer may lag), else as stored."""
+        job = self.job(who, job_id)
+        live = self.jobs.live.get(job_id)
+        if live is not None:
+            with live.lock:
+                messages = list(live.messages)
+            if host is not None:
+                messages = [m for m in messages if m.get("type") == "event"
+                            and (m["event"].get("event_data") or {}).get("host") == host]
+            return job, messages
+        q = select(JobEvent.data).where(JobEvent.job_id == job_id).order_by(JobEvent.counter)
+        if host is not None:
+            q = q.where(JobEvent.host == host)
+        with self.sessions() as db:
+            job["events_pruned"] = bool(db.scalar(select(Job.events_pruned).where(Job.id == job_id)))
+            return job, list(db.scalars(q))
+
+    def host_log(self, who: Principal, job_id: int, host: str) -> dict[str, Any]:
+        """Every result `host` had in the job, in order, with each task's elapsed seconds."""
+        job, messages = self.job_messages(who, job_id, host)
+        if host not in job["grid"]["hosts"]:
+            raise ConsoleError(404, f"job {job_id} ran on no host {host!r}")
+        return {"job_id": job_id, "host": host, "result": job["hosts"].get(host),
+                "events_pruned": job.get("events_pruned", False), "tasks": joblog.host_log(messages, host)}
+
+    def search_log(self, who: Principal, job_id: int, text: str, host: str | None = None) -> dict[str, Any]:
+        _, messages = self.job_messages(who, job_id, host)
+        found = joblog.search(messages, text, host)
+        return {"job_id": job_id, "query": text, "host": host, "matches": found,
+                "truncated": len(found) >= joblog.MAX_MATCHES}
+
+    def log_text(self, who: Principal, job_id: int) -> str:
+        job, messages = self.job_messages(who, job_id)
+        head = (f"# job {job['id']}: {job['action']} of {job['environment']}"
+                f"{' to ' + job['release'] if job['release'] else ''}, launched by {job['launched_by']} "
+                f"at {job['created_at']}, {job['status']}"
+                f"{', rc ' + str(job['rc']) if job['rc'] is not None else ''}\n")
+        if job.get("events_pruned"):
+            head += "# the events of this job were pruned (retention); its output is gone\n"
+        return head + "".join(joblog.as_text(messages))
+
+    def release_history(self, who: Principal, environment: str, service: str | None = None,
+                        limit: int = 100) -> list[dict[str, Any]]:
+        """The jobs that released a service (actions with `service:`) in an environment, newest first."""
+        self._seen_environment(who, environment)
+        q = (select(Job).where(Job.environment == environment, Job.service.is_not(None))
+             .order_by(Job.id.desc()).limit(max(1, min(limit, 500))))
+        if service:
+            q = q.where(Job.service == service)
+        with self.sessions() as db:
+            return [{**job_dict(j), "digests": (j.summary or {}).get("digests") or {},
+                     "hosts": (j.summary or {}).get("results") or {}} for j in db.scalars(q)]
+
+    def release_diff(self, who: Principal, environment: str, before: int, after: int) -> dict[str, Any]:
+        """What changed in the settings (release and extra vars, secrets masked) from job `before` to `after`."""
+        self._seen_environment(who, environment)
+        old, new = self.job(who, before), self.job(who, after)
+        for job in (old, new):
+            if job["environment"] != environment:
+                raise ConsoleError(404, f"no job {job['id']} in {environment}")
+
+        def settings(job: dict[str, Any]) -> dict[str, Any]:
+            values = {"release": job["release"], **job["extra_vars"]}
+            return {k: MASK if secret_key(k) and v is not None else v for k, v in values.items()}
+
+        a, b = settings(old), settings(new)
+        changes = [{"name": k, "before": a.get(k), "after": b.get(k),
+                    "change": "added" if k not in a else "removed" if k not in b else "changed"}
+                   for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k) or (k in a) != (k in b)]
+        return {"environment": environment, "before": old["id"], "after": new["id"], "changes": changes,
+                "same": [k for k in sorted(a.keys() & b.keys()) if a[k] == b[k]]}
+
+    def _seen_environment(self, who: Principal, environment: str) -> None:
+        if environment not in self.config.environments or not who.sees(environment):
+            raise ConsoleError(404, f"no environment {environment!r}")
 
     def list_jobs(self, who: Principal, environment: str | None = None, action: str | None = None,
                   status: str | None = None, user: str | None = None, before: int | None = None,
@@ -519,6 +610,14 @@ def failed_hosts(job: dict[str, Any]) -> list[str]:
     """The hosts a job (as Console.job returns it) ended failed or unreachable on, in the grid's order."""
     results = job["hosts"]
     return [h for h in job["grid"]["hosts"] if results.get(h) in RETRIED_RESULTS]
+
+
+def _elapsed(job: dict[str, Any]) -> float | None:
+    """Seconds the job ran: start to finish, or start to now while it runs; None before it starts."""
+    if not job["started_at"]:
+        return None
+    end = dt.datetime.fromisoformat(job["finished_at"]) if job["finished_at"] else now()
+    return max(0.0, (end - dt.datetime.fromisoformat(job["started_at"])).total_seconds())
 
 
 def _clip(value: Any, length: int) -> str | None:

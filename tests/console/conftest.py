@@ -332,3 +332,12 @@ def finished(ci: Client) -> dict[str, dict[str, Any]]:
     fleet = ci.launch("fleet", release="v1.2.0", fixture_step=0)
     broken = ci.launch("broken", release="v1.2.0", fixture_step=0)
     return {"fleet": ci.wait(fleet), "broken": ci.wait(broken)}
+
+
+@pytest.fixture(scope="session")
+def staging_releases(ci: Client) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Two deploys of staging, v1.2.0 then v1.3.0 in batches of 3, for the release history: on staging,
+    so that fleet's dashboard keeps what the other tests expect of it."""
+    old = ci.wait(ci.launch("staging", release="v1.2.0", fixture_step=0))
+    new = ci.wait(ci.launch("staging", release="v1.3.0", fixture_step=0, fixture_batch=3))
+    return old, new

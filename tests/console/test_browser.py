@@ -160,3 +160,65 @@ def test_api_docs_render_offline_under_the_csp(browser_page: object, server: Ser
     expect(page.locator(".swagger-ui .info .title")).to_contain_text("fleetdeploy console")
     expect(page.locator(".opblock-summary-path", has_text="/api/jobs/{job_id}/events")).to_be_visible()
     assert foreign == [] and violations == [], (foreign, violations)
+
+
+def test_a_click_on_a_grid_cell_shows_that_hosts_log(browser_page: object, server: Server,
+                                                     finished: dict[str, dict[str, Any]]) -> None:
+    """A viewer clicks bad1's cell in a finished job: its tasks, in order, the failure's message, elapsed times;
+    then a search of the job's output and its download link."""
+    from playwright.sync_api import Page, expect
+
+    page = browser_page
+    assert isinstance(page, Page)
+    job_id = finished["broken"]["id"]
+    sign_in(page, server, "viewer")
+    page.goto(f"{server.url}/jobs/{job_id}")
+    expect(page.locator("#job-status")).to_have_text("failed")
+    expect(page.locator("#host-log-card")).to_be_hidden()
+    page.locator("#grid td.cell[data-host=bad1]").first.click()
+    card = page.locator("#host-log-card")
+    expect(card).to_be_visible()
+    expect(page.locator("#host-log-name")).to_have_text("bad1")
+    expect(page.locator("#host-log-result")).to_have_text("failed")
+    failed = card.locator("tr.hosttask[data-state=failed]")
+    expect(failed).to_have_count(1)
+    expect(failed).to_contain_text("Fail where the inventory says so")
+    expect(failed).to_contain_text("bad1 refused the new release")
+    expect(failed.locator("td.elapsed")).to_have_text(re.compile(r"^\d+\.\d\ds$"))
+    expect(card).not_to_contain_text("good1")
+    # The host's name in its row header opens that host's log instead.
+    page.click("#grid th.host:text-is('good1')")
+    expect(page.locator("#host-log-name")).to_have_text("good1")
+    expect(card.locator("tr.hosttask", has_text="Pull the new image")).to_have_count(1)
+
+    page.fill("#log-search-q", "refused the new")
+    page.click("#log-search button")
+    # Every line found is bad1's (its failure prints the message on one line or more).
+    expect(page.locator("#log-matches tbody tr").first).to_contain_text("bad1 refused the new release")
+    expect(page.locator("#log-matches tbody tr td:first-child", has_not_text="bad1")).to_have_count(0)
+    expect(page.locator("#job-rc")).to_have_text(str(finished["broken"]["rc"]))
+    with page.expect_download() as download:
+        page.click("#log-download")
+    assert download.value.suggested_filename == f"job-{job_id}.log"
+
+
+def test_the_release_history_page_compares_two_releases(
+        browser_page: object, server: Server, staging_releases: tuple[dict[str, Any], dict[str, Any]]) -> None:
+    from playwright.sync_api import Page, expect
+
+    page = browser_page
+    assert isinstance(page, Page)
+    old, new = (job["id"] for job in staging_releases)
+    sign_in(page, server, "viewer")
+    page.click("#env-staging a:text-is('release history')")
+    expect(page).to_have_url(f"{server.url}/environments/staging/releases")
+    row = page.locator(f"#releases tr[data-job='{new}']")
+    expect(row).to_contain_text("v1.3.0")
+    expect(row).to_contain_text("token:ci")
+    expect(row.locator("td.digest")).to_contain_text("sha256:")
+    page.check(f"#releases tr[data-job='{old}'] input[name=before]")
+    page.check(f"#releases tr[data-job='{new}'] input[name=after]")
+    page.click("#diff-button")
+    expect(page.locator("#diff tr[data-setting=release]")).to_contain_text('"v1.2.0"')
+    expect(page.locator("#diff tr[data-setting=release]")).to_contain_text('"v1.3.0"')
+    expect(page.locator("#diff tr[data-setting=fixture_batch]")).to_contain_text("3")

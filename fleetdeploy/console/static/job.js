@@ -43,13 +43,63 @@
     }
   }
 
+  // The actions and the times (finish, elapsed, rc) as the server renders them for the ended job.
   async function refreshActions() {
     const page = await fetch(window.location.pathname, { credentials: "same-origin" });
     if (!page.ok) return;
-    const fresh = new DOMParser().parseFromString(await page.text(), "text/html").getElementById("job-actions");
-    const here = document.getElementById("job-actions");
-    if (fresh && here) here.replaceWith(document.importNode(fresh, true));
+    const doc = new DOMParser().parseFromString(await page.text(), "text/html");
+    for (const id of ["job-actions", "job-times"]) {
+      const fresh = doc.getElementById(id);
+      const here = document.getElementById(id);
+      if (fresh && here) here.replaceWith(document.importNode(fresh, true));
+    }
   }
+
+  // One host's output, task by task, from /api/jobs/N/hosts/H/log: opened by a click on its row in the grid.
+  const hostCard = document.getElementById("host-log-card");
+  const elapsedText = (s) => (s === null || s === undefined ? "" : s < 60 ? s.toFixed(2) + "s" : `${Math.floor(s / 60)}m ${Math.round(s % 60)}s`);
+  async function showHost(host) {
+    const r = await fetch(`/api/jobs/${jobId}/hosts/${encodeURIComponent(host)}/log`, { credentials: "same-origin" });
+    const body = hostCard.querySelector("tbody");
+    document.getElementById("host-log-name").textContent = host;
+    const badge = document.getElementById("host-log-result");
+    hostCard.hidden = false;
+    hostCard.dataset.host = host;
+    if (!r.ok) {
+      badge.textContent = ""; badge.className = "badge";
+      body.innerHTML = `<tr><td colspan="5" class="error">${esc((await r.json()).detail || r.statusText)}</td></tr>`;
+      return;
+    }
+    const log = await r.json();
+    badge.textContent = log.result || "";
+    badge.className = "badge " + (BADGE[log.result] || (log.result === "changed" ? "ok" : "pending"));
+    body.innerHTML = log.tasks.length ? log.tasks.map((t) =>
+      `<tr class="hosttask" data-state="${esc(t.state)}"><td class="muted">${t.counter ?? ""}</td><td>${esc(t.task)}</td>` +
+      `<td><span class="cell ${esc(t.state)}">${esc(t.state)}</span></td><td class="elapsed">${elapsedText(t.elapsed)}</td>` +
+      `<td><pre class="hostout">${ansi(t.stdout)}</pre></td></tr>`).join("")
+      : `<tr><td colspan="5" class="muted">${log.events_pruned ? "The job's events were pruned." : "No task has ended on this host yet."}</td></tr>`;
+    hostCard.scrollIntoView({ block: "nearest" });
+  }
+  grid.addEventListener("click", (e) => {
+    const row = e.target.closest("tbody tr[data-host]");
+    if (row) showHost(row.dataset.host);
+  });
+  document.getElementById("host-log-close").addEventListener("click", () => { hostCard.hidden = true; delete hostCard.dataset.host; });
+
+  // Search the job's output on the server (every line stored, not only what this page has painted).
+  document.getElementById("log-search").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    const q = document.getElementById("log-search-q").value;
+    const r = await fetch(`/api/jobs/${jobId}/log/search?q=${encodeURIComponent(q)}`, { credentials: "same-origin" });
+    const table = document.getElementById("log-matches");
+    const count = document.getElementById("log-search-count");
+    if (!r.ok) { count.textContent = "search failed: " + r.statusText; table.hidden = true; return; }
+    const found = await r.json();
+    count.textContent = `${found.matches.length}${found.truncated ? "+" : ""} line(s)`;
+    table.tBodies[0].innerHTML = found.matches.map((m) =>
+      `<tr><td>${esc(m.host || "")}</td><td>${esc(m.task)}</td><td><code>${esc(m.line)}</code></td></tr>`).join("");
+    table.hidden = found.matches.length === 0;
+  });
 
   function addHost(h) { if (!state.hosts.includes(h)) state.hosts.push(h); }
 
@@ -123,6 +173,7 @@
       case "end":
         flushLog(); source.close(); document.body.dataset.streamEnded = "1";
         if (watchedLive) refreshActions();
+        if (hostCard.dataset.host) showHost(hostCard.dataset.host);
         break;
       case "error": setStatus(statusEl.textContent, msg.detail); source.close(); break;
     }
