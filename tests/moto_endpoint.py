@@ -67,8 +67,8 @@ def _delete_and_forget(delete: Any) -> Any:
 # Launch lifecycle hooks: moto stores them but puts every new instance InService at once and registers it
 # in the group's target groups. AWS holds an instance of a group with an EC2_INSTANCE_LAUNCHING hook in
 # Pending:Wait, out of the target groups, until CompleteLifecycleAction (which moto lacks) says CONTINUE
-# (InService, registered) or ABANDON (terminated). Timeouts and the replacement of an abandoned instance
-# are not modelled.
+# (InService, registered) or ABANDON (terminated, and replaced by a new instance). Heartbeat timeouts are
+# not modelled.
 LAUNCHING = "autoscaling:EC2_INSTANCE_LAUNCHING"
 
 
@@ -118,6 +118,7 @@ def _complete_lifecycle_action(self: AutoScalingResponse) -> EmptyResult:
     else:
         group.instance_states.remove(state)
         backend.ec2_backend.terminate_instances([instance_id])
+        group.set_desired_capacity(group.desired_capacity)  # its replacement, waiting in the hook in turn
     return EmptyResult()
 
 

@@ -21,21 +21,39 @@ import yaml
 
 from helpers import REPO, VENV_BIN, Run, playbook, run
 from moto_endpoint import MotoEndpoint
-from test_aws_infra import REGION, infra, infra_vars
 
+REGION = "eu-west-1"
 GROUP = "fleetdeploy-staging-app"
 HOOK = "fleetdeploy-staging-join"
 
 
 @pytest.fixture(scope="module")
-def aws(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MotoEndpoint]:
-    """The staging infrastructure, made once by infra.yml: its group's two first instances were launched before
-    the hook existed, and serve."""
+def aws() -> Iterator[MotoEndpoint]:
+    """What of the staging infrastructure a join touches, made with boto3 as infra.yml makes it (the group, its
+    target group, the lock's table), then the hook by infra.yml's own task file. The group's two first
+    instances were launched before the hook existed, and serve."""
     with pytest.MonkeyPatch.context() as patch, MotoEndpoint() as endpoint:
         for key, value in endpoint.env().items():
             patch.setenv(key, value)
         endpoint.reset()
-        infra(endpoint, "infra", infra_vars(tmp_path_factory.mktemp("infra"))).check()
+        ec2 = boto3.client("ec2", region_name=REGION)
+        vpc = ec2.create_vpc(CidrBlock="10.20.0.0/16")["Vpc"]["VpcId"]
+        subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.20.1.0/24", AvailabilityZone=f"{REGION}a")["Subnet"]
+        target_group = boto3.client("elbv2", region_name=REGION).create_target_group(
+            Name=GROUP, Protocol="HTTP", Port=80, VpcId=vpc, TargetType="instance")["TargetGroups"][0]
+        ec2.create_launch_template(LaunchTemplateName=GROUP, LaunchTemplateData={
+            "ImageId": ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"], "InstanceType": "t3.small"})
+        boto3.client("autoscaling", region_name=REGION).create_auto_scaling_group(
+            AutoScalingGroupName=GROUP, LaunchTemplate={"LaunchTemplateName": GROUP, "Version": "$Latest"},
+            MinSize=1, MaxSize=10, DesiredCapacity=2, VPCZoneIdentifier=subnet["SubnetId"],
+            TargetGroupARNs=[target_group["TargetGroupArn"]],
+            Tags=[{"Key": k, "Value": v, "PropagateAtLaunch": True}
+                  for k, v in {"fleetdeploy_environment": "staging", "fleetdeploy_roles": "app"}.items()])
+        boto3.client("dynamodb", region_name=REGION).create_table(
+            TableName="fleetdeploy-locks", BillingMode="PAY_PER_REQUEST",
+            KeySchema=[{"AttributeName": "lock", "KeyType": "HASH"}],
+            AttributeDefinitions=[{"AttributeName": "lock", "AttributeType": "S"}])
+        playbook("tests/fixtures/join/hook.yml", "-i", "inventories/staging", **endpoint.env()).check()
         yield endpoint
 
 
@@ -91,7 +109,7 @@ def lock_holder() -> dict:
     return item or {}
 
 
-def test_infra_puts_a_launch_hook_on_the_group_that_abandons_by_default(aws: MotoEndpoint) -> None:
+def test_the_hook_holds_new_instances_and_abandons_them_by_default(aws: MotoEndpoint) -> None:
     (hook,) = boto3.client("autoscaling", region_name=REGION).describe_lifecycle_hooks(
         AutoScalingGroupName=GROUP)["LifecycleHooks"]
     assert hook["LifecycleHookName"] == HOOK
@@ -130,7 +148,7 @@ def test_a_failed_readiness_abandons_the_instance_and_says_why(aws: MotoEndpoint
     assert f"Abandoned {new}" in result.output and "nginx would not start" in result.output
     assert [outcome for _, outcome in lifecycle_actions(aws, new)] == ["ABANDON"]
     assert registrations(aws, new) == [] and new not in in_target_group()
-    assert new not in instances("Pending:Wait") + instances("InService")  # terminated
+    assert new not in instances("Pending:Wait") + instances("InService")  # terminated, a replacement waits
     assert lock_holder() == {}
 
 
