@@ -12,6 +12,10 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from moto.autoscaling.exceptions import ValidationError
+from moto.autoscaling.models import AutoScalingBackend, FakeAutoScalingGroup
+from moto.autoscaling.responses import AutoScalingResponse
+from moto.core.responses import EmptyResult
 from moto.dynamodb.models.table import Table
 from moto.elasticache.models import CacheCluster, ElastiCacheBackend
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
@@ -60,6 +64,64 @@ def _delete_and_forget(delete: Any) -> Any:
     return wrapped
 
 
+# Launch lifecycle hooks: moto stores them but puts every new instance InService at once and registers it
+# in the group's target groups. AWS holds an instance of a group with an EC2_INSTANCE_LAUNCHING hook in
+# Pending:Wait, out of the target groups, until CompleteLifecycleAction (which moto lacks) says CONTINUE
+# (InService, registered) or ABANDON (terminated, and replaced by a new instance). Heartbeat timeouts are
+# not modelled.
+LAUNCHING = "autoscaling:EC2_INSTANCE_LAUNCHING"
+
+
+def _launch_hook(group: FakeAutoScalingGroup) -> Any:
+    hooks = group.autoscaling_backend.describe_lifecycle_hooks(group.name)
+    return next((hook for hook in hooks if hook.lifecycle_transition == LAUNCHING), None)
+
+
+def _hold_new_instances(launch: Any) -> Any:
+    def wrapped(self: FakeAutoScalingGroup, count_needed: int, propagated_tags: dict[str, str]) -> None:
+        known = {state.instance.id for state in self.instance_states}
+        launch(self, count_needed, propagated_tags)
+        if _launch_hook(self) is not None:
+            for state in self.instance_states:
+                if state.instance.id not in known:
+                    state.lifecycle_state = "Pending:Wait"
+
+    return wrapped
+
+
+def _register_in_service(self: AutoScalingBackend, group_name: str) -> None:
+    """moto's update_attached_target_groups, for the instances InService only."""
+    group = self.autoscaling_groups[group_name]
+    ids = [s.instance.id for s in group.instance_states if not s.lifecycle_state.startswith("Pending")]
+    if not group.target_group_arns or not ids:
+        return
+    for target_group in self.elbv2_backend.describe_target_groups(
+            target_group_arns=group.target_group_arns, load_balancer_arn=None, names=None):
+        self.elbv2_backend.register_targets(target_group.arn, [{"Id": i, "Port": target_group.port} for i in ids])
+
+
+def _complete_lifecycle_action(self: AutoScalingResponse) -> EmptyResult:
+    backend = self.autoscaling_backend
+    group = backend.autoscaling_groups.get(self._get_param("AutoScalingGroupName"))
+    hook_name, result = self._get_param("LifecycleHookName"), self._get_param("LifecycleActionResult")
+    hook = _launch_hook(group) if group else None
+    if hook is None or hook.name != hook_name:
+        raise ValidationError(f"No active Lifecycle Action found with name {hook_name}")
+    instance_id = self._get_param("InstanceId")
+    state = next((s for s in group.instance_states
+                  if s.instance.id == instance_id and s.lifecycle_state == "Pending:Wait"), None)
+    if state is None or result not in ("CONTINUE", "ABANDON"):
+        raise ValidationError(f"No active Lifecycle Action found with instance ID {instance_id}")
+    if result == "CONTINUE":
+        state.lifecycle_state = "InService"
+        backend.update_attached_target_groups(group.name)
+    else:
+        group.instance_states.remove(state)
+        backend.ec2_backend.terminate_instances([instance_id])
+        group.set_desired_capacity(group.desired_capacity)  # its replacement, waiting in the hook in turn
+    return EmptyResult()
+
+
 def _answer_as_aws_does() -> None:
     if hasattr(CacheCluster, "cache_nodes"):  # done already in this process
         return
@@ -67,6 +129,13 @@ def _answer_as_aws_does() -> None:
     setattr(CacheCluster, "cache_nodes", property(_cache_nodes))
     setattr(CacheCluster, "cache_security_groups", property(lambda self: []))  # none in a VPC
     setattr(CacheCluster, "security_groups", property(_cache_security_groups))
+    setattr(FakeAutoScalingGroup, "replace_autoscaling_group_instances",
+            _hold_new_instances(FakeAutoScalingGroup.replace_autoscaling_group_instances))
+    # Pending instances count towards the desired capacity, as in AWS (moto counts InService only).
+    setattr(FakeAutoScalingGroup, "active_instances",
+            lambda self: [s for s in self.instance_states if s.lifecycle_state in ("InService", "Pending:Wait")])
+    setattr(AutoScalingBackend, "update_attached_target_groups", _register_in_service)
+    setattr(AutoScalingResponse, "complete_lifecycle_action", _complete_lifecycle_action)
     setattr(ElastiCacheBackend, "delete_cache_cluster", _delete_and_forget(ElastiCacheBackend.delete_cache_cluster))
 
 

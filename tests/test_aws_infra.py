@@ -183,6 +183,9 @@ def check_created(outputs: dict[str, object]) -> None:
                                                      Versions=["$Latest"])["LaunchTemplateVersions"][0]
     assert template["LaunchTemplateData"]["NetworkInterfaces"][0]["Groups"] == [app["GroupId"]]
     assert template["LaunchTemplateData"]["MetadataOptions"]["HttpTokens"] == "required"
+    (hook,) = autoscaling.describe_lifecycle_hooks(AutoScalingGroupName="fleetdeploy-staging-app")["LifecycleHooks"]
+    assert (hook["LifecycleHookName"], hook["LifecycleTransition"], hook["DefaultResult"]) == (
+        "fleetdeploy-staging-join", "autoscaling:EC2_INSTANCE_LAUNCHING", "ABANDON")  # tests/test_aws_join.py
 
     rds = boto3.client("rds", region_name=REGION)
     database = rds.describe_db_instances(DBInstanceIdentifier="fleetdeploy-staging-db")["DBInstances"][0]
