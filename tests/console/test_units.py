@@ -227,7 +227,7 @@ def test_the_lab_example_config_maps_the_checkout() -> None:
     assert cfg.project_dir == configmod.REPO
     assert cfg.environments["local"].inventory == configmod.REPO / "inventories" / "local"
     assert cfg.actions["deploy"].playbook == configmod.REPO / "deploy.yml"
-    assert cfg.actions["deploy"].release is not None and cfg.actions["deploy"].release.repository == "demo"
+    assert cfg.actions["deploy"].release is not None and cfg.actions["deploy"].release.repository == "web"
     assert cfg.registry is not None and cfg.registry.url == "https://127.0.0.1:5443"
 
 
