@@ -12,7 +12,9 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from moto.cloudfront.models import DefaultCacheBehaviour, Origin
 from moto.dynamodb.models.table import Table
+from moto.ecs.models import EC2ContainerServiceBackend
 from moto.elasticache.models import CacheCluster, ElastiCacheBackend
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 from werkzeug.serving import make_server
@@ -60,6 +62,44 @@ def _delete_and_forget(delete: Any) -> Any:
     return wrapped
 
 
+def _tags_even_when_none(list_tags: Any) -> Any:
+    """ECS ListTagsForResource of a resource created without tags (a cluster from community.aws.ecs_cluster)
+    answers no tags list, where AWS answers an empty one; community.aws.ecs_tag reads it."""
+
+    def wrapped(self: EC2ContainerServiceBackend, resource_arn: str) -> list[dict[str, str]]:
+        return list_tags(self, resource_arn) or []
+
+    return wrapped
+
+
+def _origin_as_given(init: Any) -> Any:
+    """A CloudFront origin keeps its origin access control and its S3 origin config, which moto drops and
+    community.aws.cloudfront_distribution compares: without them every run updated the distribution."""
+
+    def wrapped(self: Origin, origin: dict[str, Any]) -> None:
+        init(self, origin)
+        self.origin_access_control_id = origin.get("OriginAccessControlId", "")
+        if "S3OriginConfig" in origin:
+            self.s3_origin_config = origin["S3OriginConfig"]
+
+    return wrapped
+
+
+def _cache_policy_alone(init: Any) -> Any:
+    """A cache behaviour with a cache policy has no legacy ForwardedValues or TTLs in AWS's answer, and no
+    Items in an empty list of trusted signers or key groups; moto adds them, and the module then saw a change
+    on every run."""
+
+    def wrapped(self: DefaultCacheBehaviour, config: dict[str, Any]) -> None:
+        init(self, config)
+        if self.cache_policy_id:
+            self.forwarded_values = self.min_ttl = self.default_ttl = self.max_ttl = None
+        for signers in (self.trusted_signers, self.trusted_key_groups):
+            signers.items = signers.items or None
+
+    return wrapped
+
+
 def _answer_as_aws_does() -> None:
     if hasattr(CacheCluster, "cache_nodes"):  # done already in this process
         return
@@ -68,6 +108,10 @@ def _answer_as_aws_does() -> None:
     setattr(CacheCluster, "cache_security_groups", property(lambda self: []))  # none in a VPC
     setattr(CacheCluster, "security_groups", property(_cache_security_groups))
     setattr(ElastiCacheBackend, "delete_cache_cluster", _delete_and_forget(ElastiCacheBackend.delete_cache_cluster))
+    setattr(Origin, "__init__", _origin_as_given(Origin.__init__))
+    setattr(DefaultCacheBehaviour, "__init__", _cache_policy_alone(DefaultCacheBehaviour.__init__))
+    setattr(EC2ContainerServiceBackend, "list_tags_for_resource",
+            _tags_even_when_none(EC2ContainerServiceBackend.list_tags_for_resource))
 
 
 _answer_as_aws_does()
@@ -78,6 +122,7 @@ class Call:
     time: float
     action: str
     params: dict[str, list[str]]
+    body: bytes = b""  # as sent: the JSON of the JSON protocols (ECS, SSM, ...), which params cannot hold
 
 
 @dataclass
@@ -103,7 +148,7 @@ class RecordingApp:
         target = environ.get("HTTP_X_AMZ_TARGET", "")
         action = (params.get("Action") or [target.rsplit(".", 1)[-1] if target else environ.get("PATH_INFO", "")])[0]
         with self.recorder.lock:
-            self.recorder.calls.append(Call(time.time(), action, params))
+            self.recorder.calls.append(Call(time.time(), action, params, body))
         return self.app(environ, start_response)
 
 
