@@ -208,6 +208,13 @@ class Finder:
         arn = found["CacheSubnetGroups"][0]["ARN"]
         return arn, _pairs(cache.list_tags_for_resource(ResourceName=arn)["TagList"])
 
+    def _ecs_cluster(self, name: str) -> Found:
+        found = self.client("ecs").describe_clusters(clusters=[name], include=["TAGS"])["clusters"]
+        active = [c for c in found if c.get("status") == "ACTIVE"]
+        if not active:
+            return None, {}
+        return active[0]["clusterArn"], _pairs(active[0].get("tags"), "key", "value")
+
     def _s3_bucket(self, name: str) -> Found:
         s3 = self.client("s3")
         try:

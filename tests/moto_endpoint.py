@@ -16,7 +16,9 @@ from moto.autoscaling.exceptions import ValidationError
 from moto.autoscaling.models import AutoScalingBackend, FakeAutoScalingGroup
 from moto.autoscaling.responses import AutoScalingResponse
 from moto.core.responses import EmptyResult
+from moto.cloudfront.models import DefaultCacheBehaviour, Origin
 from moto.dynamodb.models.table import Table
+from moto.ecs.models import EC2ContainerServiceBackend
 from moto.elasticache.models import CacheCluster, ElastiCacheBackend
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app
 from werkzeug.serving import make_server
@@ -89,6 +91,16 @@ def _hold_new_instances(launch: Any) -> Any:
     return wrapped
 
 
+def _tags_even_when_none(list_tags: Any) -> Any:
+    """ECS ListTagsForResource of a resource created without tags (a cluster from community.aws.ecs_cluster)
+    answers no tags list, where AWS answers an empty one; community.aws.ecs_tag reads it."""
+
+    def wrapped(self: EC2ContainerServiceBackend, resource_arn: str) -> list[dict[str, str]]:
+        return list_tags(self, resource_arn) or []
+
+    return wrapped
+
+
 def _register_in_service(self: AutoScalingBackend, group_name: str) -> None:
     """moto's update_attached_target_groups, for the instances InService only."""
     group = self.autoscaling_groups[group_name]
@@ -122,6 +134,34 @@ def _complete_lifecycle_action(self: AutoScalingResponse) -> EmptyResult:
     return EmptyResult()
 
 
+def _origin_as_given(init: Any) -> Any:
+    """A CloudFront origin keeps its origin access control and its S3 origin config, which moto drops and
+    community.aws.cloudfront_distribution compares: without them every run updated the distribution."""
+
+    def wrapped(self: Origin, origin: dict[str, Any]) -> None:
+        init(self, origin)
+        self.origin_access_control_id = origin.get("OriginAccessControlId", "")
+        if "S3OriginConfig" in origin:
+            self.s3_origin_config = origin["S3OriginConfig"]
+
+    return wrapped
+
+
+def _cache_policy_alone(init: Any) -> Any:
+    """A cache behaviour with a cache policy has no legacy ForwardedValues or TTLs in AWS's answer, and no
+    Items in an empty list of trusted signers or key groups; moto adds them, and the module then saw a change
+    on every run."""
+
+    def wrapped(self: DefaultCacheBehaviour, config: dict[str, Any]) -> None:
+        init(self, config)
+        if self.cache_policy_id:
+            self.forwarded_values = self.min_ttl = self.default_ttl = self.max_ttl = None
+        for signers in (self.trusted_signers, self.trusted_key_groups):
+            signers.items = signers.items or None
+
+    return wrapped
+
+
 def _answer_as_aws_does() -> None:
     if hasattr(CacheCluster, "cache_nodes"):  # done already in this process
         return
@@ -137,6 +177,10 @@ def _answer_as_aws_does() -> None:
     setattr(AutoScalingBackend, "update_attached_target_groups", _register_in_service)
     setattr(AutoScalingResponse, "complete_lifecycle_action", _complete_lifecycle_action)
     setattr(ElastiCacheBackend, "delete_cache_cluster", _delete_and_forget(ElastiCacheBackend.delete_cache_cluster))
+    setattr(Origin, "__init__", _origin_as_given(Origin.__init__))
+    setattr(DefaultCacheBehaviour, "__init__", _cache_policy_alone(DefaultCacheBehaviour.__init__))
+    setattr(EC2ContainerServiceBackend, "list_tags_for_resource",
+            _tags_even_when_none(EC2ContainerServiceBackend.list_tags_for_resource))
 
 
 _answer_as_aws_does()
@@ -147,6 +191,7 @@ class Call:
     time: float
     action: str
     params: dict[str, list[str]]
+    body: bytes = b""  # as sent: the JSON of the JSON protocols (ECS, SSM, ...), which params cannot hold
 
 
 @dataclass
@@ -172,7 +217,7 @@ class RecordingApp:
         target = environ.get("HTTP_X_AMZ_TARGET", "")
         action = (params.get("Action") or [target.rsplit(".", 1)[-1] if target else environ.get("PATH_INFO", "")])[0]
         with self.recorder.lock:
-            self.recorder.calls.append(Call(time.time(), action, params))
+            self.recorder.calls.append(Call(time.time(), action, params, body))
         return self.app(environ, start_response)
 
 

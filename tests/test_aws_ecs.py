@@ -1,0 +1,226 @@
+"""deploy_target: ecs and the static files on S3 + CloudFront, against moto's server mode: infra.yml creates
+the cluster, the log group, the services' target groups, the static bucket and its distribution; deploy.yml
+registers task definitions and rolls the ECS services after the release tasks; rollback.yml returns to the
+previous revision; teardown.yml removes it all. What moto cannot show is listed in docs/aws.md."""
+
+from __future__ import annotations
+
+import ast
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+import yaml
+from moto.ecs.models import EC2ContainerServiceBackend, Task
+
+from helpers import REPO, Run, playbook
+from moto_endpoint import MotoEndpoint
+from test_aws_infra import MOTO_CANNOT_DELETE, REGION, everything_tagged, infra, infra_vars
+
+SECRET = "canary-ecs-secret-9b2c"  # a service's secret: it must reach SSM, never a task definition or output
+REGISTRY = f"123456789012.dkr.ecr.{REGION}.amazonaws.com"
+MIGRATE = ["python3", "manage.py", "migrate", "--noinput"]
+
+# moto starts a one-off task and leaves it running for ever, with no exit code. Here a task "runs" its
+# command override at once: it stops with the exit code this table gives its command (0 when absent).
+EXIT_CODES: dict[str, int] = {}
+
+
+def _run_to_the_end(run_task: Any) -> Any:
+    def wrapped(self: EC2ContainerServiceBackend, *args: Any, **kwargs: Any) -> list[Task]:
+        tasks: list[Task] = run_task(self, *args, **kwargs)
+        for task in tasks:
+            commands = [o.get("command") for o in task.overrides.get("containerOverrides", []) if o.get("command")]
+            if commands:
+                task.last_status, task.desired_status = "STOPPED", "STOPPED"
+                task.stopped_reason = "Essential container in task exited"
+                task.containers[0].exitCode = EXIT_CODES.get(" ".join(commands[0]), 0)
+        return tasks
+
+    return wrapped
+
+
+@pytest.fixture(scope="module")
+def environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[MotoEndpoint, dict[str, Any]]]:
+    """infra.yml with deploy_target: ecs, once for the module: (the endpoint, the variables a deploy gets)."""
+    folder = tmp_path_factory.mktemp("ecs")
+    with pytest.MonkeyPatch.context() as patch, MotoEndpoint() as endpoint:
+        for key, value in endpoint.env().items():
+            patch.setenv(key, value)
+        patch.setattr(EC2ContainerServiceBackend, "run_task", _run_to_the_end(EC2ContainerServiceBackend.run_task))
+        endpoint.reset()
+        variables = {**infra_vars(folder), "deploy_target": "ecs"}
+        infra(endpoint, "infra", variables).check()
+        outputs = yaml.safe_load((folder / "aws_outputs.yml").read_text())["aws_outputs"]
+        yield endpoint, {**variables, "aws_outputs": outputs}
+
+
+def deploy(endpoint: MotoEndpoint, variables: dict[str, Any], entry: str = "deploy.yml", **extra: object) -> Run:
+    result = playbook(entry, "-i", "inventories/staging", extra_vars={
+        **variables, "fleetdeploy_registry": REGISTRY, "vault_deploy_secrets": {"demo": {"DEMO_TOKEN": SECRET}},
+        "deploy_ecs_steady_timeout": 0,
+        "deploy_release_tasks": [{"name": "migrate", "service": "demo", "command": MIGRATE}], **extra},
+        **endpoint.env())
+    assert SECRET not in result.output
+    return result
+
+
+def service() -> dict[str, Any]:
+    ecs = boto3.client("ecs", region_name=REGION)
+    found: dict[str, Any] = ecs.describe_services(cluster="fleetdeploy-staging", services=["demo"])["services"][0]
+    return found
+
+
+def definition(arn: str) -> dict[str, Any]:
+    found: dict[str, Any] = boto3.client("ecs", region_name=REGION).describe_task_definition(
+        taskDefinition=arn)["taskDefinition"]
+    return found
+
+
+def revisions() -> dict[str, str]:
+    value = boto3.client("ssm", region_name=REGION).get_parameter(
+        Name="/fleetdeploy/staging/ecs/revisions/demo")["Parameter"]["Value"]
+    found: dict[str, str] = json.loads(value)
+    return found
+
+
+def test_a_deploy_registers_the_release_runs_its_release_tasks_first_and_a_rollback_returns(
+        environment: tuple[MotoEndpoint, dict[str, Any]]) -> None:
+    endpoint, variables = environment
+    outputs = variables["aws_outputs"]
+    deploy(endpoint, variables, release="r1").check()
+    first = service()["taskDefinition"]
+    container = definition(first)["containerDefinitions"][0]
+    assert container["image"] == f"{REGISTRY}/demo:r1"
+    assert {"name": "DEMO_MAX_BODY", "value": "1048576"} in container["environment"]
+    assert container["secrets"] == [{"name": "DEMO_TOKEN", "valueFrom": (
+        f"arn:aws:ssm:{REGION}:123456789012:parameter/fleetdeploy/staging/ecs/secrets/demo/DEMO_TOKEN")}]
+    assert SECRET not in json.dumps(definition(first), default=str)
+    parameter = boto3.client("ssm", region_name=REGION).get_parameter(
+        Name="/fleetdeploy/staging/ecs/secrets/demo/DEMO_TOKEN", WithDecryption=True)["Parameter"]
+    assert parameter["Type"] == "SecureString" and parameter["Value"] == SECRET
+    assert container["logConfiguration"] == {"logDriver": "awslogs", "options": {
+        "awslogs-group": outputs["ecs_log_group"], "awslogs-region": REGION, "awslogs-stream-prefix": "demo"}}
+    assert boto3.client("logs", region_name=REGION).describe_log_groups(
+        logGroupNamePrefix=outputs["ecs_log_group"])["logGroups"][0]["retentionInDays"] == 30
+    running = service()
+    # moto keeps no deployment configuration: what the deploy asked for, as sent.
+    created = json.loads(endpoint.recorder.actions("CreateService")[-1].body)
+    assert created["deploymentConfiguration"] == {"deploymentCircuitBreaker": {"enable": True, "rollback": True},
+                                                  "maximumPercent": 200, "minimumHealthyPercent": 100}
+    assert running["loadBalancers"] == [{"targetGroupArn": outputs["ecs_target_groups"]["demo"],
+                                         "containerName": "demo", "containerPort": 8000}]
+    assert running["launchType"] == "FARGATE" and running["desiredCount"] == 2
+
+    endpoint.recorder.calls.clear()
+    deploy(endpoint, variables, release="r2").check()
+    second = service()["taskDefinition"]
+    assert second != first and definition(second)["containerDefinitions"][0]["image"] == f"{REGISTRY}/demo:r2"
+    assert definition(second)["revision"] == definition(first)["revision"] + 1
+    assert revisions() == {"current": second, "previous": first}
+    # The migration ran from the new revision, and before the service was told about it.
+    calls = endpoint.recorder.actions("RunTask", "UpdateService", "CreateService")
+    assert [c.action for c in calls] == ["RunTask", "UpdateService"], calls
+    ecs = boto3.client("ecs", region_name=REGION)
+    migration = ecs.describe_tasks(cluster="fleetdeploy-staging", tasks=ecs.list_tasks(
+        cluster="fleetdeploy-staging", desiredStatus="STOPPED")["taskArns"])["tasks"]
+    assert {t["taskDefinitionArn"] for t in migration} == {first, second}
+    assert all(t["overrides"]["containerOverrides"][0]["command"] == MIGRATE for t in migration)
+
+    deploy(endpoint, variables, "rollback.yml").check()
+    assert service()["taskDefinition"] == first
+    assert revisions() == {"current": first, "previous": second}
+
+    # A failing release task stops the deploy before any service changes.
+    EXIT_CODES[" ".join(MIGRATE)] = 3
+    try:
+        endpoint.recorder.calls.clear()
+        failed = deploy(endpoint, variables, release="r3")
+    finally:
+        EXIT_CODES.clear()
+    assert failed.returncode != 0 and "The task exited 3" in failed.output
+    assert [c.action for c in endpoint.recorder.actions("RunTask", "UpdateService")] == ["RunTask"]
+    assert service()["taskDefinition"] == first
+
+
+def test_the_static_files_bucket_is_read_only_by_its_distribution_and_objects_carry_the_long_cache(
+        environment: tuple[MotoEndpoint, dict[str, Any]]) -> None:
+    _, variables = environment
+    outputs = variables["aws_outputs"]
+    bucket = "example-fleetdeploy-staging-static"
+    cloudfront = boto3.client("cloudfront")
+    distribution = cloudfront.get_distribution(Id=outputs["static_distribution_id"])["Distribution"]
+    assert outputs["static_domain"] == distribution["DomainName"] and outputs["static_bucket"] == bucket
+    config = distribution["DistributionConfig"]
+    assert [o["DomainName"] for o in config["Origins"]["Items"]] == [f"{bucket}.s3.{REGION}.amazonaws.com"]
+    assert config["DefaultCacheBehavior"]["ViewerProtocolPolicy"] == "redirect-to-https"
+    controls = cloudfront.list_origin_access_controls()["OriginAccessControlList"]["Items"]
+    assert [(c["Name"], c["SigningBehavior"], c["OriginAccessControlOriginType"]) for c in controls] == [
+        ("fleetdeploy-staging-static", "always", "s3")]
+    assert config["Origins"]["Items"][0]["OriginAccessControlId"] == controls[0]["Id"]
+    assert config["DefaultCacheBehavior"]["CachePolicyId"] == "658327ea-f89d-4fab-a63d-7e88639e58f6"
+    s3 = boto3.client("s3", region_name=REGION)
+    assert all(s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"].values())
+    statement = json.loads(s3.get_bucket_policy(Bucket=bucket)["Policy"])["Statement"]
+    assert [(s["Principal"], s["Action"], s["Condition"]) for s in statement] == [
+        ({"Service": "cloudfront.amazonaws.com"}, "s3:GetObject",
+         {"StringEquals": {"AWS:SourceArn": distribution["ARN"]}})]
+
+    # collectstatic's upload, as django-storages makes it from services/web's settings (the web image
+    # cannot be built here): the object parameters of the staticfiles storage on each put.
+    parameters = static_object_parameters()
+    s3.put_object(Bucket=bucket, Key="static/site.3f2a9c1b7d4e.css", Body=b"body{}", ContentType="text/css",
+                  **parameters)
+    head = s3.head_object(Bucket=bucket, Key="static/site.3f2a9c1b7d4e.css")
+    assert head["CacheControl"] == "public, max-age=31536000, immutable"
+
+
+def static_object_parameters() -> dict[str, str]:
+    """The staticfiles storage's object_parameters, read from services/web/fdweb/settings.py."""
+    tree = ast.parse((REPO / "services/web/fdweb/settings.py").read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Dict):
+            keys = [k.value if isinstance(k, ast.Constant) else None for k in node.keys]
+            if "object_parameters" in keys:
+                found: dict[str, str] = ast.literal_eval(node.values[keys.index("object_parameters")])
+                return found
+    raise AssertionError("services/web's settings name no object_parameters")
+
+
+def test_infra_changes_nothing_the_second_time_and_teardown_removes_the_ecs_and_static_side(
+        environment: tuple[MotoEndpoint, dict[str, Any]], tmp_path: Path) -> None:
+    endpoint, variables = environment
+    deploy(endpoint, variables, release="r9").check()
+    again = infra(endpoint, "infra", {k: v for k, v in variables.items() if k != "aws_outputs"}).check()
+    assert again.changed() == 0, again.output[-6000:]
+    assert "fleetdeploy-staging-demo" in str(everything_tagged_here())
+
+    infra(endpoint, "teardown", {**variables, "aws_teardown_confirm": "staging"}).check()
+    assert everything_tagged() == MOTO_CANNOT_DELETE
+    assert everything_tagged_here() == []
+    ecs = boto3.client("ecs", region_name=REGION)
+    assert [c["status"] for c in ecs.describe_clusters(clusters=["fleetdeploy-staging"])["clusters"]] in ([], ["INACTIVE"])
+    assert boto3.client("cloudfront").list_distributions()["DistributionList"].get("Items", []) == []
+
+
+def everything_tagged_here() -> list[str]:
+    """What the ECS and static side leave that carries the environment's tags (everything_tagged lists the rest)."""
+    found = []
+    ecs = boto3.client("ecs", region_name=REGION)
+    for cluster in ecs.describe_clusters(clusters=["fleetdeploy-staging"], include=["TAGS"])["clusters"]:
+        if cluster["status"] == "ACTIVE":
+            found.append(cluster["clusterName"])
+            found += [s for s in ecs.list_services(cluster=cluster["clusterName"])["serviceArns"]]
+    logs = boto3.client("logs", region_name=REGION)
+    found += [g["logGroupName"] for g in logs.describe_log_groups(logGroupNamePrefix="/fleetdeploy/staging")["logGroups"]]
+    ssm = boto3.client("ssm", region_name=REGION)
+    found += [p["Name"] for p in ssm.get_parameters_by_path(Path="/fleetdeploy/staging", Recursive=True)["Parameters"]]
+    elb = boto3.client("elbv2", region_name=REGION)
+    found += [g["TargetGroupName"] for g in elb.describe_target_groups()["TargetGroups"]]
+    cloudfront = boto3.client("cloudfront")
+    found += [d["Id"] for d in cloudfront.list_distributions()["DistributionList"].get("Items", [])]
+    found += [c["Name"] for c in cloudfront.list_origin_access_controls()["OriginAccessControlList"].get("Items", [])]
+    return found
