@@ -1,7 +1,7 @@
 """The service contract of deploy_services (docs/deploy.md, "Services") is checked by deploy.yml's preflight.
 
 Real ansible-playbook runs of deploy.yml, no lab needed: the preflight runs on ops[0], here the controller
-itself (a local connection), with the local environment's group_vars and three app hosts that are never
+itself (a local connection), with the deploy tests' group_vars (tests/fixtures/demo_lab) and three app hosts that are never
 reached. Each bad input must fail in the preflight with a message naming deploy_services and the service,
 before the lock and before any app host: the recap lists ops1 alone, with nothing changed. (One
 ansible-playbook run per case: running every case in one run as plays of a driver playbook cost the same
@@ -17,10 +17,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import REPO, Run, playbook
+from helpers import DEMO_SERVICES, Run, link_demo_group_vars, playbook
 
-LOCAL = REPO / "inventories" / "local" / "group_vars"
-DEMO = yaml.safe_load((LOCAL / "all" / "services.yml").read_text())["deploy_services"][0]
+DEMO = yaml.safe_load(DEMO_SERVICES.read_text())["deploy_services"][0]
 # A unreachable registry: a run that passes every contract check fails at the registry's HEAD instead.
 REGISTRY = "127.0.0.1:9"
 
@@ -57,11 +56,8 @@ GOOD = [
 @pytest.fixture(scope="module")
 def inventory(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("contract")
-    for source in sorted(LOCAL.rglob("*")):
-        if source.is_file() and source.name != "vault.yml":
-            target = root / "group_vars" / source.relative_to(LOCAL)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.symlink_to(source)
+    # The deploy engine's contract alone: the demo's group_vars, no data host, no application secrets.
+    link_demo_group_vars(root)
     local = {"ansible_connection": "local", "ansible_become": False,
              "ansible_python_interpreter": "{{ ansible_playbook_python }}"}
     (root / "hosts.yml").write_text(yaml.safe_dump({"all": {"children": {
