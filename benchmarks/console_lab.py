@@ -38,7 +38,7 @@ def write_config(root: Path) -> Path:
         "data_dir": str(root / "data"),
         "ansible_config": str(REPO / "ansible.cfg"),
         "environments": {ENVIRONMENT: {"inventory": "inventories/local"}},
-        "actions": {"deploy": {"playbook": "deploy.yml", "service": "demo", "release": {"variable": "release"}}},
+        "actions": {"deploy": {"playbook": "deploy.yml", "service": "web", "release": {"variable": "release"}}},
     }
     path = root / "console.yml"
     path.write_text(json.dumps(config))

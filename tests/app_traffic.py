@@ -38,6 +38,7 @@ class Traffic:
     failures: list[str] = field(default_factory=list)
     latencies: dict[str, list[float]] = field(default_factory=dict)
     uploads: dict[str, str] = field(default_factory=dict)  # download path -> sha256 of the bytes sent
+    parcel: str = ""  # the parcel of this run that the traffic adds events to (the others' answers stay the same)
     seconds: float = 0.0
 
     @property
@@ -89,8 +90,8 @@ MIX: list[tuple[str, Callable[..., str | None]]] = [
     ("tracking", lambda c, *_: _expect(c.get(f"/tracking/parcels/{PARCEL}"), 200, PARCEL)),
     ("web page", lambda c, *_: _expect(c.get(f"/parcels/{PARCEL}"), 200, "Hannover")),
     ("postcode", lambda c, *_: _expect(c.get("/postcode/search", params={"place": "Salzbrg"}), 200, "Salzburg")),
-    ("tracking", lambda c, *_: _expect(c.post(f"/tracking/parcels/{PARCEL}/events",
-                                              json={"status": "in_transit", "location": "load test"}), 201)),
+    ("tracking", lambda c, traffic, _lock: _expect(c.post(f"/tracking/parcels/{traffic.parcel}/events",
+                                                          json={"status": "in_transit", "location": "load test"}), 201)),
     ("web api", lambda c, *_: _expect(c.get("/api/version"), 200, '"web"')),
     ("web upload", _upload),
 ]
@@ -114,6 +115,9 @@ class AppTraffic:
     def __enter__(self) -> Traffic:
         for client in self._clients:
             sign_in(client, self.user, self.password)
+        self.result.parcel = f"LOAD{os.urandom(5).hex().upper()}"
+        created = self._clients[0].post("/tracking/parcels", json={"code": self.result.parcel})
+        assert created.status_code == 201, created.text[:300]
         self._started = time.monotonic()
         for index, client in enumerate(self._clients):
             thread = threading.Thread(target=self._run, args=(index, client), daemon=True)

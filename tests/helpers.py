@@ -123,16 +123,21 @@ def playbook(path: str, *args: str, extra_vars: dict[str, object] | None = None,
 DEMO_SERVICES = REPO / "tests" / "fixtures" / "demo_lab" / "services.yml"
 
 
-def link_demo_group_vars(inventory: Path) -> None:
+def link_group_vars(inventory: Path, services: Path | None = None) -> None:
     """The local environment's group_vars under `inventory`, file by file (a developer's own vault.yml left
-    out), with the demo service alone in place of the application's services: a lab for the deploy engine
-    (tests/test_deploy.py, benchmarks/deploy.py) that needs no data host."""
+    out); `services` in place of all/services.yml when given."""
     local = REPO / "inventories" / "local" / "group_vars"
     for source in sorted(local.rglob("*")):
         if source.is_file() and source.name != "vault.yml":
             target = inventory / "group_vars" / source.relative_to(local)
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.symlink_to(DEMO_SERVICES if source.relative_to(local) == Path("all/services.yml") else source)
+            target.symlink_to(services if services and source.relative_to(local) == Path("all/services.yml") else source)
+
+
+def link_demo_group_vars(inventory: Path) -> None:
+    """The local group_vars with the demo service alone in place of the application's services: a lab for
+    the deploy engine (tests/test_deploy.py, benchmarks/deploy.py) that needs no data host."""
+    link_group_vars(inventory, DEMO_SERVICES)
 
 
 def worker_events(exec_on: Callable[..., str], host: str, since: str, service: str) -> list[tuple[str, str, str]]:

@@ -22,7 +22,7 @@ import httpx
 import pytest
 
 from app_traffic import PARCEL, AppTraffic, Traffic, sign_in
-from helpers import REPO, SLOT_SUFFIX, Run, playbook, slot_port, worker_events
+from helpers import REPO, SLOT_SUFFIX, Run, link_group_vars, playbook, slot_port, worker_events
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -94,8 +94,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("applab")
     lab = AppLab(root)
     lab.inventory.mkdir()
-    # The local environment's group_vars as they are: the application's services, its data host.
-    (lab.inventory / "group_vars").symlink_to(REPO / "inventories" / "local" / "group_vars")
+    # The local environment's group_vars as they are (a developer's own vault.yml left out): the application.
+    link_group_vars(lab.inventory)
     playbook("playbooks/lab_destroy.yml", extra_vars=lab.lab_vars(1)).check()
     playbook("playbooks/lab.yml", extra_vars=lab.lab_vars(3)).check()
     lab.play("site.yml").check()
@@ -210,6 +210,10 @@ def test_with_tracking_stopped_the_parcel_page_says_so_and_the_rest_of_the_site_
     try:
         for host, ids in stopped.items():
             lab.exec(host, "docker", "stop", *ids)
+        time.sleep(4)  # HAProxy's checks (1 s apart, 2 to fall) have had their say
+        states = lab.exec("lb1", "sh", "-c", "echo 'show servers state' | socat stdio /run/haproxy/admin.sock")
+        up = [fields[3] for fields in map(str.split, states.splitlines()[2:]) if fields[1:2] == ["app"] and fields[5] == "2"]
+        assert sorted(up) == hosts, states  # srv_op_state 2: running; no host left the load balancer
         with httpx.Client(base_url=f"http://127.0.0.1:{HTTP_PORT}", timeout=15) as client:
             sign_in(client, "demo", lab.password())
             for _ in range(2 * len(hosts)):  # every host answers some of them

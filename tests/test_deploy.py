@@ -186,7 +186,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory):
     root = tmp_path_factory.mktemp("deploylab")
     lab = Lab(root)
     lab.inventory.mkdir()
-    # The test lab uses the local environment's group_vars, as `make lab` does, and a vault.yml of its own.
+    # The local environment's group_vars with the demo service alone, and a vault.yml of its own.
     lab.write_inventory()
     playbook("playbooks/lab_destroy.yml", extra_vars=lab.lab_vars(1)).check()
     lab.grow(3)
