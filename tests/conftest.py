@@ -10,12 +10,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 # with pytest 9 xdist 3.8 no longer applies them.)
 
 
-# The scopes that take longest, longest first (measured in whole runs: the deploy tests' lab and its ~20
+# The scopes that take longest, longest first (measured in whole runs: the application's lab (site.yml on
+# six hosts, three image builds), the deploy tests' lab and its ~20
 # tests, the Molecule scenarios, which tests/test_molecule.py already lists longest first, the AWS
 # playbooks against moto, the services' image builds). With --no-loadscope-reorder (pyproject.toml) loadscope
 # hands out scopes in collection order, so these start first and what is left for the end is short; by
 # default it would order scopes by their number of tests, which put every one-test Molecule scenario last.
-LONGEST_FIRST = ("tests/test_deploy.py", "tests/test_molecule.py", "tests/test_aws_infra.py", "services/",
+LONGEST_FIRST = ("tests/test_application.py", "tests/test_deploy.py", "tests/test_molecule.py", "tests/test_aws_infra.py",
+                 "tests/test_aws_ecs.py", "services/",
                  "tests/test_lab.py")
 
 

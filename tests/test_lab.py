@@ -66,10 +66,10 @@ def ssh(tmp: Path, port: int, known_hosts: Path, command: str) -> subprocess.Com
 
 
 def test_lab_starts_every_host_and_writes_their_inventory(lab: Path, client: docker.DockerClient) -> None:
-    assert sorted(lab_containers(client)) == ["app1", "app2", "app3", "lb1", "monitor1", "ops1"]
+    assert sorted(lab_containers(client)) == ["app1", "app2", "app3", "data1", "lb1", "monitor1", "ops1"]
     assert {client.containers.get(c).attrs["HostConfig"]["CpuShares"] for c in lab_containers(client).values()} == {1024}
     inventory = (lab / "hosts.yml").read_text()
-    for group in ("ops:", "lb:", "app:", "monitor:"):
+    for group in ("ops:", "lb:", "app:", "monitor:", "data:"):
         assert group in inventory
 
 
@@ -78,7 +78,7 @@ def test_every_host_answers_ansible_over_ssh_with_host_keys_checked(lab: Path) -
         [str(REPO / ".venv/bin/ansible"), "all", "-i", str(lab / "hosts.yml"), "-m", "ansible.builtin.ping"],
         ANSIBLE_HOST_KEY_CHECKING="True",
     ).check()
-    assert result.output.count("SUCCESS") == 6, result.output
+    assert result.output.count("SUCCESS") == 7, result.output
 
 
 def test_the_known_hosts_the_lab_wrote_is_what_the_hosts_present(lab: Path) -> None:
