@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import time
 from pathlib import Path
@@ -229,3 +230,21 @@ def test_with_tracking_stopped_the_parcel_page_says_so_and_the_rest_of_the_site_
     while lab.on_host(hosts[0], f"/parcels/{PARCEL}")[0] != 200 and time.monotonic() < deadline:
         time.sleep(1)
     assert lab.on_host(hosts[0], f"/parcels/{PARCEL}")[0] == 200
+
+
+def test_the_pages_load_their_static_files_from_the_public_bucket_while_uploads_stay_private(lab: AppLab) -> None:
+    """The stylesheet a page links (collected at release time under a hashed name) loads in a browser on this
+    machine, straight from the data host's static bucket as CloudFront serves it in AWS, cached for good;
+    nobody unsigned may list either bucket or read an upload (the deploy test's, hence this test's place)."""
+    page = httpx.get(f"http://127.0.0.1:{HTTP_PORT}/", timeout=10)
+    link = re.search(r'<link rel="stylesheet" href="(http://[^"]+/static/static/fdweb/site\.[0-9a-f]{12}\.css)"', page.text)
+    assert page.status_code == 200 and link, page.text[:500]
+    css = httpx.get(link.group(1), timeout=10)
+    assert css.status_code == 200, (link.group(1), css.status_code)
+    assert css.headers["content-type"].startswith("text/css"), css.headers
+    assert "immutable" in css.headers.get("cache-control", ""), css.headers
+    store = link.group(1).split("/static/static/")[0]
+    upload = lab.psql("web", "SELECT file FROM fdweb_upload ORDER BY id LIMIT 1").strip()
+    assert upload, "no upload recorded: the deploy test above uploads files"
+    refused = {f"{store}/static?list-type=2", f"{store}/uploads?list-type=2", f"{store}/uploads/uploads/{upload}"}
+    assert {url: httpx.get(url, timeout=10).status_code for url in refused} == dict.fromkeys(refused, 403)
