@@ -29,7 +29,9 @@ pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
 LAB = f"fdapp{SLOT_SUFFIX}"
 HTTP_PORT = slot_port(26080)
-RATE = 60  # requests per second over 4 keep-alive connections (the issue asks for at least 50)
+RATE = 60  # requests per second (the issue asks for at least 50) over CONNECTIONS keep-alive connections:
+# each one waits for its answer, so on a loaded machine 4 reached only 43/s (CI, a deploy of 740 s).
+CONNECTIONS = 8
 MIGRATION = "0002_tracking_events_source.sql"
 QUIET_PARCEL = "LAB0000002"  # no traffic writes to it: its answer must not change across a deploy
 
@@ -155,7 +157,7 @@ def test_v1_to_v2_of_every_service_on_three_hosts_keeps_sessions_uploads_and_ans
     parcel = before_session.get(f"/tracking/parcels/{QUIET_PARCEL}").json()
     since = {host: lab.exec(host, "date", "+%s").strip() for host in lab.app_hosts()}
 
-    with AppTraffic(HTTP_PORT, "demo", lab.password(), rate=RATE) as traffic:
+    with AppTraffic(HTTP_PORT, "demo", lab.password(), rate=RATE, connections=CONNECTIONS) as traffic:
         time.sleep(3)  # steady state first
         run = lab.play("deploy.yml", release="v2")
         time.sleep(2)
