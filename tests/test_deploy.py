@@ -210,9 +210,19 @@ def assert_no_failures(result: Result) -> None:
 
 def assert_one_audit_record(lab: Lab, before: tuple[list[dict], list[dict]], action: str, result: str,
                             hosts: dict[str, str]) -> dict:
-    """The run since `before` left exactly one complete record, the same in the file and in the journal."""
-    files, journal = lab.audit()
-    new_files, new_entries = files[len(before[0]):], journal[len(before[1]):]
+    """The run since `before` left exactly one complete record, the same in the file and in the journal.
+    The file is appended to, so its new lines are those past `before`'s; the journal's new entries are told
+    by their run id, those of no record the file held before: in one CI run the read before a deploy lacked
+    five entries the file held (journald under load; rotating its file, most likely), and counting by
+    position then took five old entries for new ones. A read that lacks an entry the file has is read again, for 30 s at most."""
+    known = {record["run_id"] for record in before[0]}
+    for _ in range(30):
+        files, journal = lab.audit()
+        new_files = files[len(before[0]):]
+        new_entries = [entry for entry in journal if entry.get("RUN_ID") not in known]
+        if {entry.get("RUN_ID") for entry in journal} >= {record["run_id"] for record in files}:
+            break
+        time.sleep(1)
     assert len(new_files) == 1 and len(new_entries) == 1, (new_files, new_entries)
     record, entry = new_files[0], new_entries[0]
     assert {"environment", "action", "release", "user", "run_id", "started", "ended", "result", "hosts"} <= set(record)
