@@ -351,6 +351,10 @@ def test_three_hosts_go_from_v1_to_v2_with_zero_failed_requests(lab: Lab) -> Non
     record = assert_one_audit_record(lab, before, "deploy", "ok", {"app1": "changed", "app2": "changed",
                                                                   "app3": "changed"})
     assert record["release"] == "v2" and record["images"]["demo:v2"].startswith("sha256:"), record
+    # The commit the image was built from, read from its labels in the registry: the lab builds this checkout's HEAD.
+    head = subprocess.run(["git", "-C", str(REPO), "show", "--no-patch", "--format=%H %cI", "HEAD"],
+                          capture_output=True, text=True, check=True).stdout.split()
+    assert record["revisions"] == {"demo:v2": {"revision": head[0], "committed": head[1]}}, record
     version = json.loads(lab.exec("lb1", "curl", "-sS", "http://127.0.0.1:8080/version"))
     assert version == {"release": "v2"}
     record = lab.record("app2")
@@ -871,3 +875,20 @@ def test_a_tag_whose_image_is_unchanged_keeps_its_containers(lab: Lab) -> None:
     assert [lab.record(h)["current"] for h in hosts] == [same] * len(hosts)
     assert_one_audit_record(lab, before, "deploy", "ok", {host: "changed" if host == hosts[0] else "unchanged"
                                                           for host in hosts})
+
+
+def test_the_delivery_figures_of_the_labs_history(lab: Lab) -> None:
+    """fleetdeploy-dora over the audit log this module's deploys wrote: every deploy that reached the fleet
+    carries the commit its image was built from (the lab builds from this checkout's HEAD), so no lead time
+    is unknown; the failed deploys count, and the good deploys after them restore."""
+    log = lab.exec("ops1", "cat", "/var/log/fleetdeploy/audit.log")
+    figures = subprocess.run([str(VENV_BIN / "python"), "-m", "fleetdeploy.dora", "--format", "json", "--days", "1"],
+                             input=log, capture_output=True, text=True, timeout=60, check=False)
+    assert figures.returncode == 0, figures.stderr
+    demo = {row["service"]: row for row in json.loads(figures.stdout) if row["environment"] == "local"}["demo"]
+    assert demo["reached_fleet"] >= 5 and demo["failed"] >= 2 and demo["unrestored"] == 0, demo
+    assert demo["unknown_lead_times"] == 0, demo
+    head_time = subprocess.run(["git", "-C", str(REPO), "show", "--no-patch", "--format=%ct", "HEAD"],
+                               capture_output=True, text=True, check=True).stdout
+    assert 0 < demo["lead_time_median_seconds"] <= time.time() - int(head_time) + 60, demo
+    assert demo["time_to_restore_median_seconds"] > 0, demo

@@ -1,11 +1,12 @@
 """Build provenance (docs/deploy.md): image_build names the commit the services' sources are at, for the
-label org.opencontainers.image.revision, and refuses uncommitted changes under the services it builds
+label org.opencontainers.image.revision (and its commit time, org.fleetdeploy.revision.committed), and refuses uncommitted changes under the services it builds
 unless image_build_allow_dirty (build.yml's -e build_allow_dirty=true) is set. Runs the role's provenance
 tasks on localhost against a throw-away git repository; about 10 s."""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
@@ -23,7 +24,7 @@ PLAY = """\
 
     - name: Show the revision
       ansible.builtin.debug:
-        msg: "revision={{ _image_build_revision }}"
+        msg: "revision={{ _image_build_revision }} committed={{ _image_build_committed }}"
 """
 
 
@@ -54,13 +55,14 @@ def test_a_build_names_its_commit_and_refuses_uncommitted_sources(tmp_path: Path
     git(repo, "add", ".")
     git(repo, "commit", "-qm", "services")
     head = git(repo, "rev-parse", "HEAD")
+    committed = git(repo, "show", "--no-patch", "--format=%cI", "HEAD")
 
     # Changes outside the services built (another service, the repository's root) do not count.
     (services / "other" / "Dockerfile").write_text("FROM debian:trixie\n")
     (repo / "NOTES").write_text("not a build input\n")
     clean = provenance(tmp_path, services)
     assert clean.returncode == 0, clean.output[-3000:]
-    assert f"revision={head}" in clean.output
+    assert f"revision={head} committed={committed}" in clean.output
 
     (services / "demo" / "Dockerfile").write_text("FROM debian:trixie\n")
     (services / "demo" / "new.py").write_text("print()\n")
@@ -92,4 +94,4 @@ def test_sources_outside_git_are_refused_unless_a_dirty_build_is_asked_for(tmp_p
     assert refused.returncode != 0
     assert "is not in a git working tree" in " ".join(refused.output.split()), refused.output[-3000:]
     allowed = provenance(tmp_path, services, image_build_allow_dirty=True)
-    assert allowed.returncode == 0 and "revision=unknown" in allowed.output, allowed.output[-3000:]
+    assert allowed.returncode == 0 and re.search(r"revision=unknown committed=$", allowed.output, re.M), allowed.output[-3000:]
