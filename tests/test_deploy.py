@@ -880,7 +880,8 @@ def test_a_tag_whose_image_is_unchanged_keeps_its_containers(lab: Lab) -> None:
 def test_the_delivery_figures_of_the_labs_history(lab: Lab) -> None:
     """fleetdeploy-dora over the audit log this module's deploys wrote: every deploy that reached the fleet
     carries the commit its image was built from (the lab builds from this checkout's HEAD), so no lead time
-    is unknown; the failed deploys count, and the good deploys after them restore."""
+    is unknown; the failed deploys count, and the good deploys after them restore. The deploy itself wrote
+    the same figures where node_exporter's textfile collector reads them."""
     log = lab.exec("ops1", "cat", "/var/log/fleetdeploy/audit.log")
     figures = subprocess.run([str(VENV_BIN / "python"), "-m", "fleetdeploy.dora", "--format", "json", "--days", "1"],
                              input=log, capture_output=True, text=True, timeout=60, check=False)
@@ -892,3 +893,9 @@ def test_the_delivery_figures_of_the_labs_history(lab: Lab) -> None:
                                capture_output=True, text=True, check=True).stdout
     assert 0 < demo["lead_time_median_seconds"] <= time.time() - int(head_time) + 60, demo
     assert demo["time_to_restore_median_seconds"] > 0, demo
+    # The last deploy wrote the same figures (30 days) for node_exporter's textfile collector on the ops host.
+    textfile = lab.exec("ops1", "cat", "/var/lib/prometheus/node-exporter/fleetdeploy_dora.prom")
+    expected = subprocess.run([str(VENV_BIN / "python"), "-m", "fleetdeploy.dora", "--format", "prometheus"],
+                              input=log, capture_output=True, text=True, timeout=60, check=True).stdout
+    assert 'fleetdeploy_dora_deployments{environment="local",service="demo",window_days="30"}' in expected
+    assert textfile == expected, (textfile, expected)
