@@ -16,13 +16,15 @@ import pytest
 import yaml
 from moto.ecs.models import EC2ContainerServiceBackend, Task
 
-from helpers import REPO, Run, playbook
+from helpers import REPO, VENV_BIN, Run, playbook
+from helpers import run as run_command
 from moto_endpoint import MotoEndpoint
 from test_aws_infra import MOTO_CANNOT_DELETE, REGION, everything_tagged, infra, infra_vars
 
 SECRET = "canary-ecs-secret-9b2c"  # a service's secret: it must reach SSM, never a task definition or output
 REGISTRY = f"123456789012.dkr.ecr.{REGION}.amazonaws.com"
 MIGRATE = ["python3", "manage.py", "migrate", "--noinput"]
+LOCK_TABLE = "fleetdeploy-locks"  # inventories/staging/group_vars/all/lock.yml
 
 # moto starts a one-off task and leaves it running for ever, with no exit code. Here a task "runs" its
 # command override at once: it stops with the exit code this table gives its command (0 when absent).
@@ -87,12 +89,39 @@ def revisions() -> dict[str, str]:
     return found
 
 
+def audit_records() -> list[dict[str, Any]]:
+    """The audit records the ECS runs left beside the deploy lock, oldest first."""
+    items = boto3.client("dynamodb", region_name=REGION).scan(TableName=LOCK_TABLE)["Items"]
+    records = [json.loads(item["body"]["S"]) for item in items if item["lock"]["S"].startswith("audit/staging/")]
+    return sorted(records, key=lambda record: record["started"])
+
+
+def held_lock() -> dict[str, Any] | None:
+    found: dict[str, Any] | None = boto3.client("dynamodb", region_name=REGION).get_item(
+        TableName=LOCK_TABLE, Key={"lock": {"S": "staging"}}, ConsistentRead=True).get("Item")
+    return found
+
+
+def assert_recorded(before: int, action: str, release: str, result: str, hosts: dict[str, str]) -> dict[str, Any]:
+    """The run since `before` records left exactly one record, and gave the lock back."""
+    new = audit_records()[before:]
+    assert len(new) == 1, new
+    record = new[0]
+    assert (record["action"], record["release"], record["result"], record["hosts"], record["target"]) == (
+        action, release, result, hosts, "ecs"), record
+    assert record["environment"] == "staging" and record["run_id"] and record["started"] <= record["ended"], record
+    assert held_lock() is None
+    return record
+
+
 def test_a_deploy_registers_the_release_runs_its_release_tasks_first_and_a_rollback_returns(
         environment: tuple[MotoEndpoint, dict[str, Any]]) -> None:
     endpoint, variables = environment
     outputs = variables["aws_outputs"]
     deploy(endpoint, variables, release="r1").check()
     first = service()["taskDefinition"]
+    record = assert_recorded(0, "deploy", "r1", "ok", {"demo": "changed"})
+    assert record["task_definitions"] == {"demo": first} and record["error"] == "", record
     container = definition(first)["containerDefinitions"][0]
     assert container["image"] == f"{REGISTRY}/demo:r1"
     assert {"name": "DEMO_MAX_BODY", "value": "1048576"} in container["environment"]
@@ -130,9 +159,11 @@ def test_a_deploy_registers_the_release_runs_its_release_tasks_first_and_a_rollb
     assert {t["taskDefinitionArn"] for t in migration} == {first, second}
     assert all(t["overrides"]["containerOverrides"][0]["command"] == MIGRATE for t in migration)
 
+    assert_recorded(1, "deploy", "r2", "ok", {"demo": "changed"})
     deploy(endpoint, variables, "rollback.yml").check()
     assert service()["taskDefinition"] == first
     assert revisions() == {"current": first, "previous": second}
+    assert_recorded(2, "rollback", "previous", "ok", {"demo": "changed"})
 
     # A failing release task stops the deploy before any service changes.
     EXIT_CODES[" ".join(MIGRATE)] = 3
@@ -142,8 +173,28 @@ def test_a_deploy_registers_the_release_runs_its_release_tasks_first_and_a_rollb
     finally:
         EXIT_CODES.clear()
     assert failed.returncode != 0 and "The task exited 3" in failed.output
+    assert "Deploy of r3 on ECS stopped" in failed.output, failed.output[-3000:]
     assert [c.action for c in endpoint.recorder.actions("RunTask", "UpdateService")] == ["RunTask"]
     assert service()["taskDefinition"] == first
+    record = assert_recorded(3, "deploy", "r3", "failed", {"demo": "not reached"})
+    assert "The task exited 3" in record["error"], record
+
+    # Someone else's deploy holds the lock: refused at once, naming them, with nothing registered or rolled.
+    taken = run_command([str(VENV_BIN / "ansible"), "localhost", "-m", "fleetdeploy_lock", "-a", json.dumps({
+        "name": "staging", "run_id": "alice-run", "holder": "alice@laptop", "action": "deploy r7", "backend": "dynamodb",
+        "table": LOCK_TABLE, "region": REGION})], **endpoint.env())
+    assert taken.returncode == 0, taken.output[-2000:]
+    try:
+        endpoint.recorder.calls.clear()
+        refused = deploy(endpoint, variables, release="r4")
+        assert refused.returncode != 0 and "alice@laptop" in refused.output, refused.output[-3000:]
+        assert endpoint.recorder.actions("RegisterTaskDefinition", "RunTask", "UpdateService") == []
+        assert len(audit_records()) == 4 and held_lock()["run_id"]["S"] == "alice-run"
+    finally:
+        released = run_command([str(VENV_BIN / "ansible"), "localhost", "-m", "fleetdeploy_lock", "-a", json.dumps({
+            "name": "staging", "run_id": "alice-run", "state": "released", "backend": "dynamodb",
+            "table": LOCK_TABLE, "region": REGION})], **endpoint.env())
+    assert released.returncode == 0 and held_lock() is None, released.output[-2000:]
 
 
 def test_the_static_files_bucket_is_read_only_by_its_distribution_and_objects_carry_the_long_cache(
