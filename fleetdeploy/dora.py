@@ -81,6 +81,33 @@ def read_records(lines: Iterable[str]) -> Iterator[dict]:
             yield record
 
 
+def read_dynamodb(table: str, region: str | None) -> Iterator[dict]:
+    """Audit records from the DynamoDB table beside the deploy lock (`deploy_lock_backend: dynamodb`), where
+    library/fleetdeploy_audit.py keeps each under the key `audit/<environment>/<started>/<run_id>`. boto3
+    reads the credentials and AWS_ENDPOINT_URL as the playbooks do; only this source needs it."""
+    import boto3  # the ops host runs this script with the standard library alone
+
+    pages = boto3.client("dynamodb", region_name=region).get_paginator("scan").paginate(
+        TableName=table, FilterExpression="begins_with(#k, :audit)",
+        ExpressionAttributeNames={"#k": "lock"}, ExpressionAttributeValues={":audit": {"S": "audit/"}})
+    for page in pages:
+        for item in page["Items"]:
+            yield from read_records([item["body"]["S"]])
+
+
+def last_runs(records: Iterable[dict]) -> list[dict]:
+    """The latest deploy or rollback of each environment, action and result: the runs Grafana marks on the
+    dashboards (a marker's time is its series' value, so each new run of a kind is a new marker)."""
+    latest: dict[tuple[str, str, str], dict] = {}
+    for record in records:
+        if record["action"] not in ("deploy", "rollback"):
+            continue
+        key = (record["environment"], record["action"], record["result"])
+        if key not in latest or parse_time(record["ended"]) >= parse_time(latest[key]["ended"]):
+            latest[key] = record
+    return [latest[key] for key in sorted(latest)]
+
+
 def image_service(image_tag: str) -> str:
     """'registry:5000/web:v2' -> 'web': the image's last path part, without its tag."""
     return image_tag.rsplit("/", 1)[-1].split(":", 1)[0]
@@ -214,8 +241,13 @@ def as_table(rows: list[Figures]) -> str:
     return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip() for line in lines)
 
 
-def as_prometheus(rows: list[Figures]) -> str:
-    """Prometheus' text format, for node_exporter's textfile collector."""
+def _label(value: object) -> str:
+    return str(value).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def as_prometheus(rows: list[Figures], runs: Iterable[dict] = ()) -> str:
+    """Prometheus' text format, for node_exporter's textfile collector: the figures, and the end time of
+    each of `runs` (last_runs) for the dashboards' markers."""
     metrics = (
         ("fleetdeploy_dora_deployments", "gauge", "Deployments in the window.", lambda r: r.deployments),
         ("fleetdeploy_dora_deploys_per_day", "gauge", "Deployments that reached the fleet, per day.",
@@ -235,6 +267,11 @@ def as_prometheus(rows: list[Figures]) -> str:
             if number is not None:
                 labels = f'environment="{row.environment}",service="{row.service}",window_days="{row.days:g}"'
                 out.append(f"{name}{{{labels}}} {number:.6g}")
+    name = "fleetdeploy_run_end_timestamp_seconds"
+    out += [f"# HELP {name} When the latest deploy or rollback of each kind and result ended.", f"# TYPE {name} gauge"]
+    for run in runs:
+        labels = ",".join(f'{key}="{_label(run.get(key, ""))}"' for key in ("environment", "action", "result", "release"))
+        out.append(f"{name}{{{labels}}} {parse_time(run['ended']).timestamp():.3f}")
     return "\n".join(out) + "\n"
 
 
@@ -243,25 +280,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("logs", nargs="*", type=Path,
                         help="audit logs (the ops host's /var/log/fleetdeploy/audit.log, or journalctl -o json); "
                              "standard input when none is given")
+    parser.add_argument("--dynamodb", metavar="TABLE",
+                        help="read the records from this DynamoDB table (the deploy lock's), instead of logs")
+    parser.add_argument("--region", help="the table's region (default: boto3's, from AWS_REGION or the profile)")
     parser.add_argument("--days", type=float, default=30, help="the window, in days before --now (default 30)")
     parser.add_argument("--now", type=parse_time, default=None, help="the window's end, ISO 8601 (default: now)")
     parser.add_argument("--format", choices=("table", "json", "prometheus"), default="table")
     args = parser.parse_args(argv)
     if args.days <= 0:
         parser.error("--days must be above 0")
-    lines: list[str] = []
-    for path in args.logs:
+    if args.dynamodb and args.logs:
+        parser.error("give audit logs or --dynamodb, not both")
+    if args.dynamodb:
+        from botocore.exceptions import BotoCoreError, ClientError  # no credentials or region; no table
+
         try:
-            lines += path.read_text().splitlines()
-        except OSError as error:
-            parser.error(f"cannot read {path}: {error.strerror}")
-    if not args.logs:
-        lines = sys.stdin.read().splitlines()
-    rows = figures(read_records(lines), args.now or datetime.now(timezone.utc), args.days)
+            records = list(read_dynamodb(args.dynamodb, args.region))
+        except (BotoCoreError, ClientError) as error:
+            parser.error(f"cannot read the audit records in DynamoDB table {args.dynamodb}: {error}")
+    else:
+        lines: list[str] = []
+        for path in args.logs:
+            try:
+                lines += path.read_text().splitlines()
+            except OSError as error:
+                parser.error(f"cannot read {path}: {error.strerror}")
+        if not args.logs:
+            lines = sys.stdin.read().splitlines()
+        records = list(read_records(lines))
+    rows = figures(records, args.now or datetime.now(timezone.utc), args.days)
     if args.format == "json":
         print(json.dumps([row.as_dict() for row in rows], indent=2))
     elif args.format == "prometheus":
-        sys.stdout.write(as_prometheus(rows))
+        sys.stdout.write(as_prometheus(rows, last_runs(records)))
     else:
         print(as_table(rows) if rows else f"No deployment in the {args.days:g} days before the window's end.")
     return 0

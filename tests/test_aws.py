@@ -186,3 +186,42 @@ def audit_items(environment: str = "prod") -> list[dict]:
     items = boto3.client("dynamodb", region_name="eu-west-1").scan(TableName="fleetdeploy-locks")["Items"]
     found = [item for item in items if item["lock"]["S"].startswith(f"audit/{environment}/")]
     return [json.loads(item["body"]["S"]) for item in sorted(found, key=lambda item: item["lock"]["S"])]
+
+
+def test_the_delivery_figures_read_the_audit_records_kept_in_dynamodb(aws: MotoEndpoint) -> None:
+    """fleetdeploy-dora --dynamodb: the records the audit module put beside the lock (an environment
+    without an ops host keeps them only there), not the lock's own items; a missing table is a clear error."""
+    create_lock_table()
+    records = [
+        {"environment": "prod", "action": "deploy", "release": "v1", "user": "ci", "run_id": "run-1",
+         "started": "2026-11-30T09:50:00Z", "ended": "2026-11-30T10:00:00Z", "result": "ok", "hosts": {"i-1": "changed"},
+         "images": {"web:v1": "sha256:1"}, "revisions": {"web:v1": {"revision": "a" * 40, "committed": "2026-11-30T08:00:00Z"}}},
+        {"environment": "prod", "action": "deploy", "release": "v2", "user": "ci", "run_id": "run-2",
+         "started": "2026-12-01T09:50:00Z", "ended": "2026-12-01T10:00:00Z", "result": "failed", "hosts": {"i-1": "failed"},
+         "images": {"web:v2": "sha256:2"}},
+        {"environment": "prod", "action": "rollback", "release": "previous", "user": "ci", "run_id": "run-3",
+         "started": "2026-12-01T10:50:00Z", "ended": "2026-12-01T11:00:00Z", "result": "ok", "hosts": {"i-1": "changed"}},
+        {"environment": "staging", "action": "deploy", "release": "v2", "user": "ci", "run_id": "run-4",
+         "started": "2026-11-30T09:00:00Z", "ended": "2026-11-30T09:10:00Z", "result": "ok", "hosts": {"i-2": "changed"},
+         "images": {"web:v2": "sha256:2"}},
+    ]
+    for record in records:
+        args = {"record": record, "destinations": ["dynamodb"], "table": "fleetdeploy-locks", "region": "eu-west-1"}
+        run([str(VENV_BIN / "ansible"), "localhost", "-m", "fleetdeploy_audit", "-a", json.dumps(args)], **aws.env()).check()
+    # The table also holds the lock itself, which is no record.
+    boto3.client("dynamodb", region_name="eu-west-1").put_item(
+        TableName="fleetdeploy-locks", Item={"lock": {"S": "prod"}, "holder": {"S": "bob"}})
+    figures = run([str(VENV_BIN / "fleetdeploy-dora"), "--dynamodb", "fleetdeploy-locks", "--region", "eu-west-1",
+                   "--now", "2026-12-02T00:00:00Z", "--days", "10", "--format", "json"], **aws.env())
+    assert figures.returncode == 0, figures.output
+    rows = {(row["environment"], row["service"]): row for row in json.loads(figures.output)}
+    # prod: two deployments of web, one reached the fleet (2 h from commit), one failed and was restored by
+    # the rollback an hour later; staging: one, on its own.
+    web = rows[("prod", "web")]
+    assert (web["deployments"], web["reached_fleet"], web["failed"]) == (2, 1, 1), web
+    assert web["lead_time_median_seconds"] == 2 * 3600 and web["time_to_restore_median_seconds"] == 3600, web
+    assert rows[("staging", "web")]["deployments"] == 1 and set(rows) == {
+        ("prod", "web"), ("prod", "*"), ("staging", "web"), ("staging", "*")}
+    missing = run([str(VENV_BIN / "fleetdeploy-dora"), "--dynamodb", "no-such-table", "--region", "eu-west-1"], **aws.env())
+    assert missing.returncode == 2 and "cannot read the audit records in DynamoDB table no-such-table" in missing.output, (
+        missing.output)

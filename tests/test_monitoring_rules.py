@@ -164,6 +164,22 @@ def test_dashboard_is_grafana_json_on_the_provisioned_data_source(path: Path) ->
     assert any("fleetdeploy_release_timestamp_seconds" in a["expr"] for a in dashboard["annotations"]["list"])
 
 
+def test_the_dashboards_show_every_delivery_figure_and_mark_every_run() -> None:
+    """Each series fleetdeploy/dora.py writes for the textfile collector is on a dashboard, and no dashboard
+    asks for a fleetdeploy_dora_ series the script does not write (a renamed metric would leave a panel empty)."""
+    from fleetdeploy import dora
+
+    record = {"environment": "prod", "action": "deploy", "release": "v1", "run_id": "r", "started": "2026-12-01T10:00:00Z",
+              "ended": "2026-12-01T10:00:00Z", "result": "ok", "hosts": {}, "images": {"web:v1": "sha256:1"}}
+    exported = set(re.findall(r"^# TYPE (\w+) ", dora.as_prometheus(dora.figures([record], dora.parse_time("2026-12-02T00:00:00Z")),
+                                                                    dora.last_runs([record])), re.MULTILINE))
+    shown = set(re.findall(r"\b(fleetdeploy_(?:dora_\w+|run_end_timestamp_seconds))\b", " ".join(dashboard_queries())))
+    assert len(exported) == 6 and shown == exported, (exported, shown)
+    for path in DASHBOARDS:
+        annotations = [a["expr"] for a in json.loads(path.read_text())["annotations"]["list"]]
+        assert any("fleetdeploy_run_end_timestamp_seconds" in expr for expr in annotations), path.name
+
+
 def test_dashboards_have_distinct_uids() -> None:
     uids = [json.loads(path.read_text())["uid"] for path in DASHBOARDS]
     assert len(DASHBOARDS) >= 2 and len(uids) == len(set(uids))

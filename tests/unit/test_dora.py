@@ -148,6 +148,23 @@ def test_the_command_line_prints_a_table_json_and_prometheus_text(tmp_path) -> N
     # No restore time in staging: the series is left out rather than written as 0.
     assert not any(name.startswith("fleetdeploy_dora_time_to_restore_seconds") and 'environment="staging"' in name
                    for name in samples)
+    # The dashboards' markers: the latest run of each environment, action and result, at its end time
+    # (a site run and a lock release are not marked). D6 (partial) is the latest partial, D3 the latest failure;
+    # the scripted records name no release (the label escaping test below gives one).
+    markers = {name: value for name, value in samples.items() if name.startswith("fleetdeploy_run_end_timestamp_seconds")}
+    marker = 'fleetdeploy_run_end_timestamp_seconds{{environment="{}",action="{}",result="{}",release="{}"}}'
+    assert markers == {
+        marker.format("prod", "deploy", "failed", ""): datetime(2026, 12, 3, 12, tzinfo=timezone.utc).timestamp(),
+        marker.format("prod", "deploy", "ok", ""): datetime(2026, 12, 5, 12, tzinfo=timezone.utc).timestamp(),
+        marker.format("prod", "deploy", "partial", ""): datetime(2026, 12, 5, 10, tzinfo=timezone.utc).timestamp(),
+        marker.format("prod", "rollback", "ok", ""): datetime(2026, 12, 4, 10, 30, tzinfo=timezone.utc).timestamp(),
+        marker.format("staging", "deploy", "ok", ""): datetime(2026, 12, 5, 8, tzinfo=timezone.utc).timestamp(),
+    }, markers
+
+
+def test_a_label_value_is_escaped_as_prometheus_reads_it() -> None:
+    text = dora.as_prometheus([], [run("prod", "deploy", "2026-12-01T10:00:00Z", "ok", release='v"1\\x\nmore')])
+    assert 'release="v\\"1\\\\x\\nmore"}' in text, text
 
 
 def test_the_command_line_refuses_bad_input_clearly(tmp_path) -> None:
@@ -158,3 +175,5 @@ def test_the_command_line_refuses_bad_input_clearly(tmp_path) -> None:
     assert bad_time.returncode == 2 and "--now" in bad_time.stderr
     empty = cli("--days", "7", stdin="")
     assert empty.returncode == 0 and "No deployment in the 7 days" in empty.stdout
+    both = cli(str(tmp_path / "audit.log"), "--dynamodb", "locks")
+    assert both.returncode == 2 and "not both" in both.stderr
