@@ -26,6 +26,15 @@ REGISTRY = f"123456789012.dkr.ecr.{REGION}.amazonaws.com"
 MIGRATE = ["python3", "manage.py", "migrate", "--noinput"]
 LOCK_TABLE = "fleetdeploy-locks"  # inventories/staging/group_vars/all/lock.yml
 
+# The staging inventory's one service, and two more that only infra.yml sees, for the ALB's routing: `api`
+# on /api/ of any host name and on every path of api.example.com, `admin` on /admin/ of ops.example.com
+# alone. The deploys below roll demo alone (every service in deploy_services needs a target group; a subset
+# is enough).
+DEMO = yaml.safe_load((REPO / "inventories/staging/group_vars/all/services.yml").read_text())["deploy_services"][0]
+ROUTED = [DEMO,
+          {**DEMO, "name": "api", "image": "api", "routes": [{"path": "/api/"}, {"path": "/", "hosts": ["api.example.com"]}]},
+          {**DEMO, "name": "admin", "image": "admin", "routes": [{"path": "/admin/", "hosts": ["ops.example.com"]}]}]
+
 # moto starts a one-off task and leaves it running for ever, with no exit code. Here a task "runs" its
 # command override at once: it stops with the exit code this table gives its command (0 when absent).
 EXIT_CODES: dict[str, int] = {}
@@ -54,7 +63,7 @@ def environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Moto
             patch.setenv(key, value)
         patch.setattr(EC2ContainerServiceBackend, "run_task", _run_to_the_end(EC2ContainerServiceBackend.run_task))
         endpoint.reset()
-        variables = {**infra_vars(folder), "deploy_target": "ecs"}
+        variables = {**infra_vars(folder), "deploy_target": "ecs", "deploy_services": ROUTED}
         infra(endpoint, "infra", variables).check()
         outputs = yaml.safe_load((folder / "aws_outputs.yml").read_text())["aws_outputs"]
         yield endpoint, {**variables, "aws_outputs": outputs}
@@ -63,7 +72,7 @@ def environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Moto
 def deploy(endpoint: MotoEndpoint, variables: dict[str, Any], entry: str = "deploy.yml", **extra: object) -> Run:
     result = playbook(entry, "-i", "inventories/staging", extra_vars={
         **variables, "fleetdeploy_registry": REGISTRY, "vault_deploy_secrets": {"demo": {"DEMO_TOKEN": SECRET}},
-        "deploy_ecs_steady_timeout": 0,
+        "deploy_ecs_steady_timeout": 0, "deploy_services": [DEMO],
         "deploy_release_tasks": [{"name": "migrate", "service": "demo", "command": MIGRATE}], **extra},
         **endpoint.env())
     assert SECRET not in result.output
@@ -145,9 +154,13 @@ def test_a_deploy_registers_the_release_runs_its_release_tasks_first_and_a_rollb
     assert running["launchType"] == "FARGATE" and running["desiredCount"] == 2
 
     endpoint.recorder.calls.clear()
-    deploy(endpoint, variables, release="r2").check()
+    # A size of its own for demo from r2 on: the task definition and the service's count take it.
+    deploy(endpoint, variables, release="r2",
+           aws_ecs_service_sizes={"demo": {"cpu": "512", "memory": "2048", "desired_count": 3}}).check()
     second = service()["taskDefinition"]
     assert second != first and definition(second)["containerDefinitions"][0]["image"] == f"{REGISTRY}/demo:r2"
+    assert (definition(second)["cpu"], definition(second)["memory"], service()["desiredCount"]) == ("512", "2048", 3)
+    assert definition(second)["containerDefinitions"][0]["memory"] == 2048
     assert definition(second)["revision"] == definition(first)["revision"] + 1
     assert revisions() == {"current": second, "previous": first}
     # The migration ran from the new revision, and before the service was told about it.
@@ -179,6 +192,18 @@ def test_a_deploy_registers_the_release_runs_its_release_tasks_first_and_a_rollb
     record = assert_recorded(3, "deploy", "r3", "failed", {"demo": "not reached"})
     assert "The task exited 3" in record["error"], record
 
+    # Sizes Fargate cannot run, and a size for a service that does not exist, are refused before the lock
+    # is taken or anything registered, naming the service.
+    endpoint.recorder.calls.clear()
+    for sizes, says in (({"demo": {"cpu": "256", "memory": "4096"}}, 'demo {"cpu": "256", "memory": "4096"'),
+                        ({"demo": {"desired_count": 0}}, '"desired_count": 0'),
+                        ({"demo": {"cpu": "300"}}, 'demo {"cpu": "300"'),
+                        ({"dmeo": {"cpu": "512"}}, "aws_ecs_service_sizes names services deploy_services does not have: dmeo")):
+        refused = deploy(endpoint, variables, release="r5", aws_ecs_service_sizes=sizes)
+        assert refused.returncode != 0 and says in refused.output, (sizes, refused.output[-3000:])
+    assert endpoint.recorder.actions("RegisterTaskDefinition", "RunTask", "UpdateService") == []
+    assert len(audit_records()) == 4 and held_lock() is None
+
     # Someone else's deploy holds the lock: refused at once, naming them, with nothing registered or rolled.
     taken = run_command([str(VENV_BIN / "ansible"), "localhost", "-m", "fleetdeploy_lock", "-a", json.dumps({
         "name": "staging", "run_id": "alice-run", "holder": "alice@laptop", "action": "deploy r7", "backend": "dynamodb",
@@ -195,6 +220,36 @@ def test_a_deploy_registers_the_release_runs_its_release_tasks_first_and_a_rollb
             "name": "staging", "run_id": "alice-run", "state": "released", "backend": "dynamodb",
             "table": LOCK_TABLE, "region": REGION})], **endpoint.env())
     assert released.returncode == 0 and held_lock() is None, released.output[-2000:]
+
+
+def test_the_alb_routes_each_services_paths_and_host_names_as_nginx_does(
+        environment: tuple[MotoEndpoint, dict[str, Any]]) -> None:
+    """The HTTPS listener's default goes to the service on /; its rules, in priority order: a host name's own
+    routes (longest prefix first), a 404 for the rest of a host name without a / of its own, then the
+    prefixes of any host name (longest first)."""
+    _, variables = environment
+    groups = variables["aws_outputs"]["ecs_target_groups"]
+    elb = boto3.client("elbv2", region_name=REGION)
+    alb = elb.describe_load_balancers(Names=["fleetdeploy-staging"])["LoadBalancers"][0]
+    https = next(listener for listener in elb.describe_listeners(LoadBalancerArn=alb["LoadBalancerArn"])["Listeners"]
+                 if listener["Port"] == 443)
+    assert [action["TargetGroupArn"] for action in https["DefaultActions"]] == [groups["demo"]], https["DefaultActions"]
+
+    def shown(rule: dict[str, Any]) -> tuple[Any, ...]:
+        conditions = {c["Field"]: c.get("Values") or next(iter(v["Values"] for k, v in c.items() if k.endswith("Config")))
+                      for c in rule["Conditions"]}
+        action = rule["Actions"][0]
+        target = action.get("TargetGroupArn") or action["FixedResponseConfig"]["StatusCode"]
+        return (int(rule["Priority"]), conditions.get("host-header"), conditions.get("path-pattern"), target)
+
+    rules = sorted(shown(rule) for rule in elb.describe_rules(ListenerArn=https["ListenerArn"])["Rules"]
+                   if not rule.get("IsDefault"))
+    assert rules == [
+        (1, ["api.example.com"], None, groups["api"]),
+        (2, ["ops.example.com"], ["/admin/*"], groups["admin"]),
+        (3, ["ops.example.com"], None, "404"),
+        (4, None, ["/api/*"], groups["api"]),
+    ], rules
 
 
 def test_the_static_files_bucket_is_read_only_by_its_distribution_and_objects_carry_the_long_cache(
