@@ -139,6 +139,10 @@ class RelaunchRequest(BaseModel):
         "all", description="all: every host the job ran on; failed: only those it ended failed or unreachable on")
 
 
+class RejectRequest(BaseModel):
+    reason: str = Field("", max_length=500, description="Why, for the audit log and the job's page")
+
+
 class TokenRequest(BaseModel):
     name: str = Field(min_length=1, max_length=64)
     role: str = Field(description=f"one of {', '.join(TOKEN_ROLES)}")
@@ -309,6 +313,18 @@ def relaunch_job(job_id: int, request: Request, body: RelaunchRequest | None = N
     console = console_of(request)
     new_id = console.relaunch(who, job_id, body is not None and body.hosts == "failed", client_ip(request))
     return {"id": new_id, "relaunch_of": job_id, "url": f"/jobs/{new_id}", "events": f"/api/jobs/{new_id}/events"}
+
+
+@api.post("/jobs/{job_id}/approve",
+          summary="Approve a pending job (a second person who may launch its action there): it starts now")
+def approve_job(job_id: int, request: Request, who: Principal = Depends(viewer)) -> dict[str, Any]:
+    return console_of(request).approve(who, job_id, client_ip(request))
+
+
+@api.post("/jobs/{job_id}/reject", summary="Reject a pending job, with a reason: it never runs")
+def reject_job(job_id: int, request: Request, body: RejectRequest | None = None,
+               who: Principal = Depends(viewer)) -> dict[str, Any]:
+    return console_of(request).reject(who, job_id, body.reason if body else "", client_ip(request))
 
 
 @api.post("/jobs/{job_id}/cancel", summary="Stop the job's whole process group")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -69,11 +69,22 @@ class ConfigError(ValueError):
     """The configuration file is wrong; the message says where."""
 
 
+# How long a launch may wait for its approval, at most: a week.
+MAX_APPROVAL_MINUTES = 7 * 24 * 60
+
+
 @dataclass(frozen=True)
 class Environment:
     name: str
     inventory: Path
     description: str = ""
+    # The actions whose launches wait for a second person's approval here (none: every launch starts at
+    # once), and how long such a launch may wait before it expires.
+    approval_actions: tuple[str, ...] = ()
+    approval_timeout_minutes: float = 60.0
+
+    def needs_approval(self, action: str) -> bool:
+        return action in self.approval_actions
 
 
 @dataclass(frozen=True)
@@ -193,7 +204,22 @@ _SCHEMA: dict[str, Any] = {
                 "type": "object",
                 "additionalProperties": False,
                 "required": ["inventory"],
-                "properties": {"inventory": {"type": "string"}, "description": {"type": "string"}},
+                "properties": {
+                    "inventory": {"type": "string"},
+                    "description": {"type": "string"},
+                    # A launch of these actions waits until another person approves it (every action when
+                    # `actions` is left out), and expires after `timeout_minutes` (60 by default).
+                    "approval": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "properties": {
+                            "actions": {"type": "array", "minItems": 1, "uniqueItems": True,
+                                        "items": {"type": "string", "minLength": 1}},
+                            "timeout_minutes": {"type": "number", "exclusiveMinimum": 0,
+                                                "maximum": MAX_APPROVAL_MINUTES},
+                        },
+                    },
+                },
             },
         },
         "actions": {
@@ -360,6 +386,17 @@ def load(path: Path | None, database: str | None = None, data_dir: Path | None =
             extra_vars_schema=schema,
             role=spec.get("role", "deployer" if name in ("deploy", "rollback") else "admin"),
         )
+
+    for name, env in raw.get("environments", {}).items():
+        if "approval" not in env:
+            continue
+        needing = env["approval"].get("actions", list(actions))
+        unknown = [a for a in needing if a not in actions]
+        if unknown:
+            raise ConfigError(f"environments/{name}/approval/actions: unknown action(s) {', '.join(unknown)} "
+                              f"(known: {', '.join(actions)})")
+        environments[name] = replace(environments[name], approval_actions=tuple(needing),
+                                     approval_timeout_minutes=float(env["approval"].get("timeout_minutes", 60)))
 
     registry = None
     if "registry" in raw:

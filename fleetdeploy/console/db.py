@@ -25,7 +25,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # The newest revision in migrations/versions (a test keeps the two in step).
-HEAD = "0003"
+HEAD = "0004"
 
 
 def now() -> dt.datetime:
@@ -83,7 +83,8 @@ class Job(Base):
     service: Mapped[str | None] = mapped_column(String(64), nullable=True)
     extra_vars: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     launched_by: Mapped[str] = mapped_column(String(64))
-    # queued -> running -> successful | failed | canceled | interrupted | error
+    # queued -> running -> successful | failed | canceled | interrupted | error; a launch that needs an
+    # approval (config: environments.<name>.approval) is first pending -> queued | rejected | expired.
     status: Mapped[str] = mapped_column(String(16), index=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=now, index=True)
     started_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
@@ -102,6 +103,9 @@ class Job(Base):
     # hosts only, the hosts it was limited to (`--limit`); None: a fresh launch on every host.
     relaunch_of: Mapped[int | None] = mapped_column(Integer, nullable=True)
     limit_hosts: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
+    # A pending job expires at approval_deadline; decided_by approved or rejected it.
+    approval_deadline: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    decided_by: Mapped[str | None] = mapped_column(String(64), nullable=True)
 
 
 class JobEvent(Base):

@@ -33,7 +33,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from fleetdeploy.console.config import Action, Config, Environment, shown_database
-from fleetdeploy.console.db import Job, JobEvent, Release, now
+from fleetdeploy.console.db import AuditEntry, Job, JobEvent, Release, now
 from fleetdeploy.console.grid import DIGEST_FACT, RELEASE_FACT, Grid
 from fleetdeploy.console.notify import Notifier
 from fleetdeploy.console.playbook import HOSTS_PREFIX, KNOWN_ENV, write_known
@@ -48,7 +48,9 @@ log = logging.getLogger(__name__)
 JOB_MARKER = "FLEETDEPLOY_CONSOLE_JOB"
 BIN_DIR = os.path.dirname(sys.executable)
 PLAYBOOK_MODULE = "fleetdeploy.console.playbook"
-FINAL = ("successful", "failed", "canceled", "interrupted", "error")
+FINAL = ("successful", "failed", "canceled", "interrupted", "error", "rejected", "expired")
+# A launch waiting for a second person's approval (Environment.approval_actions): it holds no lock and runs nothing.
+PENDING = "pending"
 # pexpect_timeout: how often runner checks cancel_callback while the playbook is quiet.
 RUNNER_SETTINGS = {"suppress_output_file": True, "suppress_ansible_output": True, "pexpect_timeout": 0.25,
                    "pexpect_use_poll": True}
@@ -72,6 +74,10 @@ def host_key_checking(ansible_config: Path, environ: dict[str, str]) -> str:
         return str(parser.getboolean("defaults", "host_key_checking", fallback=True))
     except (configparser.Error, ValueError):
         return "True"
+
+
+class NotPending(Exception):
+    """An approval or rejection of a job that no longer waits for one; the message says what it is now."""
 
 
 class ShuttingDown(Exception):
@@ -166,6 +172,8 @@ def job_dict(job: Job) -> dict[str, Any]:
         "started_at": job.started_at.isoformat(timespec="seconds") if job.started_at else None,
         "finished_at": job.finished_at.isoformat(timespec="seconds") if job.finished_at else None,
         "relaunch_of": job.relaunch_of, "limit": job.limit_hosts,
+        "approval_deadline": job.approval_deadline.isoformat(timespec="seconds") if job.approval_deadline else None,
+        "decided_by": job.decided_by,
     }
 
 
@@ -308,6 +316,10 @@ class JobManager:
         self._redactors: dict[str, tuple[tuple[int, float], Redactor, set[bytes]]] = {}
         self._stopping = False
         self.writer = EventWriter(sessions)
+        # Pending jobs: the extra vars as launched (secrets unmasked; the database keeps them masked), and
+        # the timer that expires each one at its deadline.
+        self._held: dict[int, dict[str, Any]] = {}
+        self._expiry: dict[int, threading.Timer] = {}
 
     def marker(self, job_id: int) -> str:
         """What the processes of this console's job carry in JOB_MARKER."""
@@ -342,6 +354,8 @@ class JobManager:
                 _record_releases(db, job, summary)
                 remove_run_dir(self.config.runs_dir / str(job.id))
             db.commit()
+            for job_id, deadline in db.execute(select(Job.id, Job.approval_deadline).where(Job.status == PENDING)):
+                self._arm_expiry(job_id, deadline)
             return [j.id for j in stale]
 
     def shutdown(self, timeout: float = 10.0) -> list[int]:
@@ -351,6 +365,8 @@ class JobManager:
         a browser's event stream only ends with its job. Calling it again is harmless.
         """
         self._stopping = True
+        for timer in list(self._expiry.values()):
+            timer.cancel()  # pending jobs stay pending: the next start arms their expiry again
         running = [j for j in list(self.live.values()) if not j.done.is_set()]
         if running:
             log.info("stopping: interrupting job(s) %s", [j.id for j in running])
@@ -420,33 +436,125 @@ class JobManager:
 
     def launch(self, env: Environment, action: Action, release: str | None, extra_vars: dict[str, Any],
                user: str, on_created: Callable[[Session, Job], None] | None = None,
-               limit: list[str] | None = None, relaunch_of: int | None = None) -> int:
-        """Create the job and start it; raises Busy if the environment already runs one.
+               limit: list[str] | None = None, relaunch_of: int | None = None, hold: bool = False) -> int:
+        """Create the job and start it; raises Busy if the environment already runs one. With `hold`, the
+        job waits as pending for approve() instead, until the environment's approval timeout.
 
         `limit`: the only hosts to run on (`--limit`), host names the caller has checked (service.limit_pattern)."""
         with self._env_lock:
             if self._stopping:
                 raise ShuttingDown("the console is shutting down; launch again once it is back")
-            holder = self.busy_job(env.name)
+            holder = None if hold else self.busy_job(env.name)
             if holder:
                 raise Busy(holder)
             secret = secret_extra_vars(extra_vars, action.extra_vars_schema)
             # Stored and served with the secrets masked; the run gets them through a 0600 file, never argv.
             shown = {k: MASK if k in secret else v for k, v in extra_vars.items()}
+            created = now()
+            deadline = created + dt.timedelta(minutes=env.approval_timeout_minutes) if hold else None
             with self.sessions() as db:
-                job = Job(environment=env.name, action=action.name, playbook=str(action.playbook),
+                job = Job(environment=env.name, action=action.name, playbook=str(action.playbook), created_at=created,
                           release=release, service=action.service or extra_vars.get("service"),
-                          extra_vars=shown, launched_by=user, status="queued", events_pruned=False,
-                          relaunch_of=relaunch_of, limit_hosts=limit)
+                          extra_vars=shown, launched_by=user, status=PENDING if hold else "queued",
+                          events_pruned=False, relaunch_of=relaunch_of, limit_hosts=limit,
+                          approval_deadline=deadline)
                 db.add(job)
                 db.flush()
                 if on_created:
                     on_created(db, job)
                 db.commit()
-                live = LiveJob(id=job.id, environment=env.name, action=action.name, release=release,
-                               launched_by=user, created_at=job.created_at)
-            self.live[live.id] = live
-            self._busy[env.name] = live.id
+                if hold:
+                    self._held[job.id] = extra_vars
+                    self._arm_expiry(job.id, deadline)
+                    brief = job_dict(job)
+                else:
+                    return self._start(job, env, action, extra_vars, limit)
+        self.notifier.send(brief)
+        return brief["id"]
+
+    def held_extra_vars(self, job_id: int) -> dict[str, Any] | None:
+        """A pending job's extra vars as launched, secrets included; None once the console restarted."""
+        return self._held.get(job_id)
+
+    def approve(self, job_id: int, user: str, env: Environment, action: Action, extra_vars: dict[str, Any],
+                on_decided: Callable[[Session, Job], None]) -> int:
+        """Start pending job `job_id` as approved by `user`; NotPending when it no longer waits (rejected,
+        expired, approved meanwhile), Busy when the environment runs another job (it stays pending)."""
+        with self._env_lock:
+            if self._stopping:
+                raise ShuttingDown("the console is shutting down; approve again once it is back")
+            with self.sessions() as db:
+                job = self._pending(db, job_id)
+                holder = self.busy_job(env.name)
+                if holder:
+                    raise Busy(holder)
+                job.status = "queued"
+                job.decided_by = user
+                on_decided(db, job)
+                db.commit()
+                self._forget_held(job_id)
+                return self._start(job, env, action, extra_vars, job.limit_hosts)
+
+    def reject(self, job_id: int, user: str, reason: str, on_decided: Callable[[Session, Job], None]) -> None:
+        with self._env_lock, self.sessions() as db:
+            job = self._pending(db, job_id)
+            job.status, job.decided_by, job.finished_at = "rejected", user, now()
+            job.explanation = f"rejected by {user}" + (f": {reason}" if reason else "")
+            on_decided(db, job)
+            db.commit()
+            self._forget_held(job_id)
+            brief = job_dict(job)
+        self.notifier.send(brief)
+
+    def _pending(self, db: Session, job_id: int) -> Job:
+        job = db.get(Job, job_id)
+        if job is None or job.status != PENDING:
+            raise NotPending(f"job {job_id} is {job.status if job else 'gone'}; only a pending job can be approved "
+                             "or rejected")
+        if job.approval_deadline is not None and job.approval_deadline <= now():
+            self._expire(job_id)
+            raise NotPending(f"job {job_id} expired at {job.approval_deadline.isoformat(timespec='seconds')} UTC "
+                             "without an approval; launch it again")
+        return job
+
+    def _arm_expiry(self, job_id: int, deadline: dt.datetime | None) -> None:
+        seconds = max(0.0, (deadline - now()).total_seconds()) if deadline else 0.0
+        timer = threading.Timer(seconds, self._expire, args=(job_id,))
+        timer.daemon = True
+        self._expiry[job_id] = timer
+        timer.start()
+
+    def _forget_held(self, job_id: int) -> None:
+        self._held.pop(job_id, None)
+        timer = self._expiry.pop(job_id, None)
+        if timer is not None:
+            timer.cancel()
+
+    def _expire(self, job_id: int) -> None:
+        """The deadline passed with the job still pending: it will not run. The audit log says so."""
+        with self.sessions() as db:
+            job = db.get(Job, job_id)
+            if job is None or job.status != PENDING:
+                return
+            minutes = (job.approval_deadline - job.created_at).total_seconds() / 60 if job.approval_deadline else 0
+            job.status, job.finished_at = "expired", now()
+            job.explanation = f"no one approved it within {minutes:g} minutes"
+            db.add(AuditEntry(actor="console", action="job_expire", target=f"job {job_id}",
+                              detail={"environment": job.environment, "action": job.action, "release": job.release}))
+            db.commit()
+            brief = job_dict(job)
+        self._held.pop(job_id, None)
+        self._expiry.pop(job_id, None)
+        self.notifier.send(brief)
+
+    def _start(self, job: Job, env: Environment, action: Action, extra_vars: dict[str, Any],
+               limit: list[str] | None) -> int:
+        """Run a queued job (called under _env_lock, the environment free)."""
+        live = LiveJob(id=job.id, environment=env.name, action=action.name, release=job.release,
+                       launched_by=job.launched_by, created_at=job.created_at)
+        self.live[live.id] = live
+        self._busy[env.name] = live.id
+        secret = secret_extra_vars(extra_vars, action.extra_vars_schema)
         secret_values = {v for k in secret for v in scalars(extra_vars[k])}
         threading.Thread(target=self._supervise, args=(live, env, action, extra_vars, secret_values, limit),
                          name=f"job-{live.id}", daemon=True).start()

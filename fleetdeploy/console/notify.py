@@ -11,7 +11,8 @@ import httpx
 log = logging.getLogger(__name__)
 
 _ICON = {"running": ":rocket:", "successful": ":white_check_mark:", "failed": ":x:",
-         "canceled": ":octagonal_sign:", "interrupted": ":warning:", "error": ":boom:"}
+         "canceled": ":octagonal_sign:", "interrupted": ":warning:", "error": ":boom:",
+         "pending": ":hourglass:", "rejected": ":no_entry:", "expired": ":hourglass:"}
 
 
 def message(job: dict[str, Any], base_url: str | None = None) -> dict[str, Any]:
@@ -21,7 +22,14 @@ def message(job: dict[str, Any], base_url: str | None = None) -> dict[str, Any]:
         what += f" to {job['release']}"
     verb = "started" if job["status"] == "running" else job["status"]
     link = f" <{base_url.rstrip('/')}/jobs/{job['id']}|job {job['id']}>" if base_url else f" (job {job['id']})"
-    text = f"{_ICON.get(job['status'], '')} {what} {verb} by {job['launched_by']}{link}".strip()
+    if job["status"] == "pending":
+        text = f"{_ICON['pending']} {what} by {job['launched_by']} awaits another person's approval{link}"
+    elif job["status"] == "rejected":
+        text = f"{_ICON['rejected']} {what} by {job['launched_by']} {job.get('explanation') or 'rejected'}{link}"
+    elif job["status"] == "expired":
+        text = f"{_ICON['expired']} {what} by {job['launched_by']} expired: {job.get('explanation') or ''}{link}"
+    else:
+        text = f"{_ICON.get(job['status'], '')} {what} {verb} by {job['launched_by']}{link}".strip()
     return {"text": text, "username": "fleetdeploy", "fleetdeploy": job}
 
 

@@ -14,14 +14,19 @@ from sqlalchemy import select
 
 from fleetdeploy.console.app import COOKIE, client_ip, console_of, who_is_asking
 from fleetdeploy.console.db import ApiToken, AuditEntry, User
+from fleetdeploy.console.jobs import FINAL, PENDING
 from fleetdeploy.console.security import ROLES, TOKEN_ROLES, Principal, same
 from fleetdeploy.console.service import ConsoleError, parse_extra_vars
 
 templates = Jinja2Templates(directory=Path(__file__).resolve().parent / "templates")
 router = APIRouter(include_in_schema=False)
 _STATUS_CLASS = {"successful": "ok", "failed": "failed", "error": "failed", "canceled": "canceled",
-                 "interrupted": "canceled", "running": "running", "queued": "pending"}
+                 "interrupted": "canceled", "rejected": "canceled", "expired": "canceled", "running": "running",
+                 "queued": "pending", "pending": "pending"}
 templates.env.globals["status_class"] = lambda s: _STATUS_CLASS.get(s, "pending")
+# The job page's script reads the final statuses and their badges from the page, not from a copy of its own.
+templates.env.globals["final_statuses"] = FINAL
+templates.env.globals["status_classes"] = _STATUS_CLASS
 
 
 def _duration(seconds: float | None) -> str:
@@ -183,7 +188,7 @@ def history(request: Request, environment: str = "", action: str = "", status: s
                   filters={"environment": environment, "action": action, "status": status, "user": user},
                   environments=[e for e in console.config.environments if who.sees(e)],
                   actions=list(console.config.actions),
-                  statuses=["queued", "running", "successful", "failed", "canceled", "interrupted", "error"])
+                  statuses=[PENDING, "queued", "running", *FINAL])
 
 
 @router.get("/jobs/{job_id}")
@@ -192,8 +197,12 @@ def job_page(request: Request, job_id: int) -> Response:
     console = console_of(request)
     job = console.job(who, job_id)
     may_relaunch, retry_hosts = console.relaunch_offer(who, job)
+    may_approve, why_not = console.approval_offer(who, job)
+    action = console.config.actions.get(job["action"])
     return render(request, "job.html", who, job=job, may_cancel=who.may("deployer", job["environment"]),
-                  may_relaunch=may_relaunch, retry_hosts=retry_hosts)
+                  may_relaunch=may_relaunch, retry_hosts=retry_hosts, may_approve=may_approve,
+                  why_not_approve=why_not,
+                  may_reject=job["status"] == PENDING and action is not None and who.may(action.role, job["environment"]))
 
 
 @router.get("/environments/{environment}/releases")
@@ -221,6 +230,22 @@ async def relaunch(request: Request, job_id: int) -> Response:
     form = await checked_form(request, who)
     new_id = console_of(request).relaunch(who, job_id, form.get("hosts") == "failed", client_ip(request))
     return RedirectResponse(f"/jobs/{new_id}", status_code=303)
+
+
+@router.post("/jobs/{job_id}/approve")
+async def approve(request: Request, job_id: int) -> Response:
+    who = page_principal(request)
+    await checked_form(request, who)
+    console_of(request).approve(who, job_id, client_ip(request))
+    return RedirectResponse(f"/jobs/{job_id}", status_code=303)
+
+
+@router.post("/jobs/{job_id}/reject")
+async def reject(request: Request, job_id: int) -> Response:
+    who = page_principal(request)
+    form = await checked_form(request, who)
+    console_of(request).reject(who, job_id, form.get("reason", ""), client_ip(request))
+    return RedirectResponse(f"/jobs/{job_id}", status_code=303)
 
 
 @router.post("/jobs/{job_id}/cancel")

@@ -30,7 +30,7 @@ from fleetdeploy.console.db import (
     make_engine,
     now,
 )
-from fleetdeploy.console.jobs import FINAL, JobManager, job_dict
+from fleetdeploy.console.jobs import FINAL, PENDING, JobManager, job_dict
 from fleetdeploy.console.notify import Notifier
 from fleetdeploy.console.redact import MASK, secret_key
 from fleetdeploy.console.registry import RegistryClient, RegistryError
@@ -384,23 +384,96 @@ class Console:
 
     def launch(self, who: Principal, req: LaunchRequest, ip: str | None, relaunch_of: int | None = None,
                limit: list[str] | None = None) -> int:
+        """Start the job, or, where the environment wants an approval for the action, leave it pending."""
         from fleetdeploy.console.jobs import Busy, ShuttingDown
 
+        hold = req.environment.needs_approval(req.action.name)
+
         def record(db: Session, job: Job) -> None:
+            pending = {"pending_approval": True} if hold else {}
             if relaunch_of is None:
                 self.audit(db, who.name, "job_launch", f"job {job.id}", ip=ip, environment=req.environment.name,
-                           action=req.action.name, release=req.release)
+                           action=req.action.name, release=req.release, **pending)
             else:
                 self.audit(db, who.name, "job_relaunch", f"job {job.id}", ip=ip, environment=req.environment.name,
-                           action=req.action.name, release=req.release, relaunch_of=relaunch_of, limit=limit)
+                           action=req.action.name, release=req.release, relaunch_of=relaunch_of, limit=limit,
+                           **pending)
 
         try:
             return self.jobs.launch(req.environment, req.action, req.release, req.extra_vars, who.name, record,
-                                    limit=limit, relaunch_of=relaunch_of)
+                                    limit=limit, relaunch_of=relaunch_of, hold=hold)
         except Busy as busy:
             raise ConsoleError(409, str(busy), running=busy.job) from busy
         except ShuttingDown as exc:
             raise ConsoleError(503, str(exc)) from exc
+
+    def approval_offer(self, who: Principal, job: dict[str, Any]) -> tuple[bool, str]:
+        """Whether `who` may approve or reject a pending job, and if not, why (shown on its page)."""
+        action = self.config.actions.get(job["action"])
+        if job["status"] != PENDING:
+            return False, ""
+        if action is None or not who.may(action.role, job["environment"]):
+            return False, f"it needs a {action.role if action else 'admin'} of {job['environment']} to approve it"
+        if who.name == job["launched_by"]:
+            return False, "another person must approve it: you launched it"
+        return True, ""
+
+    def approve(self, who: Principal, job_id: int, ip: str | None) -> dict[str, Any]:
+        """Start a pending job as approved by `who`: a second person who may launch the action there, who
+        sees it checked again as a fresh launch is (the release still in the registry, the schema)."""
+        from fleetdeploy.console.jobs import Busy, NotPending, ShuttingDown
+
+        job = self.job(who, job_id)  # 404 outside `who`'s environments
+        if job["status"] != PENDING:
+            raise ConsoleError(409, f"job {job_id} is {job['status']}; only a pending job can be approved")
+        allowed, why = self.approval_offer(who, job)
+        if not allowed:
+            raise ConsoleError(403, f"{who.name} may not approve job {job_id}: {why}")
+        extra_vars = self.jobs.held_extra_vars(job_id)
+        if extra_vars is None:
+            masked = sorted(k for k, v in job["extra_vars"].items() if v == MASK)
+            if masked:
+                raise ConsoleError(409, f"job {job_id}'s extra vars {', '.join(masked)} held secrets, which the "
+                                        "console restarted without (it never stores them): reject it and launch anew")
+            extra_vars = job["extra_vars"]
+        req = self.validate_launch(who, job["environment"], job["action"], job["release"], extra_vars)
+
+        def record(db: Session, row: Job) -> None:
+            self.audit(db, who.name, "job_approve", f"job {job_id}", ip=ip, environment=row.environment,
+                       action=row.action, release=row.release, launched_by=row.launched_by)
+
+        try:
+            self.jobs.approve(job_id, who.name, req.environment, req.action, req.extra_vars, record)
+        except NotPending as exc:
+            raise ConsoleError(409, str(exc)) from exc
+        except Busy as busy:
+            raise ConsoleError(409, f"{busy}; approve again once it has ended", running=busy.job) from busy
+        except ShuttingDown as exc:
+            raise ConsoleError(503, str(exc)) from exc
+        return self.job(who, job_id)
+
+    def reject(self, who: Principal, job_id: int, reason: str, ip: str | None) -> dict[str, Any]:
+        """End a pending job without running it: anyone who may launch the action there (its launcher too,
+        who withdraws it), with a reason for the record."""
+        from fleetdeploy.console.jobs import NotPending
+
+        job = self.job(who, job_id)
+        action = self.config.actions.get(job["action"])
+        if job["status"] != PENDING:
+            raise ConsoleError(409, f"job {job_id} is {job['status']}; only a pending job can be rejected")
+        if action is None or not who.may(action.role, job["environment"]):
+            raise ConsoleError(403, f"{who.name} ({who.role}) may not reject job {job_id} on {job['environment']}")
+        reason = " ".join(reason.split())[:500]
+
+        def record(db: Session, row: Job) -> None:
+            self.audit(db, who.name, "job_reject", f"job {job_id}", ip=ip, environment=row.environment,
+                       action=row.action, release=row.release, launched_by=row.launched_by, reason=reason)
+
+        try:
+            self.jobs.reject(job_id, who.name, reason, record)
+        except NotPending as exc:
+            raise ConsoleError(409, str(exc)) from exc
+        return self.job(who, job_id)
 
     def relaunch(self, who: Principal, job_id: int, failed_only: bool, ip: str | None) -> int:
         """Launch job `job_id` again as `who`: its environment, action, release and extra vars, checked by
@@ -453,7 +526,7 @@ class Console:
             out = job_dict(row)
             summary = row.summary
         live = self.jobs.live.get(job_id)
-        if live is not None and live.status not in ("successful", "failed", "canceled", "interrupted", "error"):
+        if live is not None and live.status not in FINAL:
             with live.lock:
                 summary = {**live.grid.snapshot(), "events": live.received}
             out["status"] = live.status
@@ -575,6 +648,8 @@ class Console:
                 out.append({
                     "name": name, "description": env.description, "inventory": str(env.inventory),
                     "releases": releases, "running": self.jobs.busy_job(name), "recent": recent,
+                    "pending": [job_dict(j) for j in db.scalars(select(Job).where(
+                        Job.environment == name, Job.status == PENDING).order_by(Job.id))],
                     "alerts": [alert_dict(a) for a in firing if a.environment in (name, None)],
                 })
         return out

@@ -6,6 +6,7 @@ Beside it run a fake Docker registry (HTTP API v2, basic auth) and a fake chat w
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import json
 import os
@@ -42,7 +43,8 @@ SECRETS = {
 REPOSITORY = "fleetdeploy/web"
 TAGS = ["v1.0.0", "v1.1.0", "v1.2.0", "v1.3.0", "v2.0.0"]
 PASSWORDS = {"admin": "admin-password-1234", "deployer": "deployer-password-1234",
-             "viewer": "viewer-password-1234", "stager": "stager-password-1234"}
+             "viewer": "viewer-password-1234", "stager": "stager-password-1234",
+             "approver": "approver-password-1234"}  # approver: test_approvals.py's second deployer
 
 # The address the tests' stand-in for nginx connects from (the console trusts its X-Forwarded-*).
 PROXY = "127.0.0.2"
@@ -109,7 +111,14 @@ def registry() -> Iterator[FakeRegistry]:
 
 @pytest.fixture(scope="session")
 def webhook() -> Iterator[tuple[str, list[dict[str, Any]]]]:
-    """A chat webhook that records what the console posts."""
+    """The shared console's chat webhook."""
+    with chat_webhook() as hook:
+        yield hook
+
+
+@contextlib.contextmanager
+def chat_webhook() -> Iterator[tuple[str, list[dict[str, Any]]]]:
+    """A chat webhook that records what the console posts: its URL, and the payloads."""
     received: list[dict[str, Any]] = []
 
     class Handler(_Quiet):
@@ -122,8 +131,10 @@ def webhook() -> Iterator[tuple[str, list[dict[str, Any]]]]:
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/hook", received
-    server.shutdown()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/hook", received
+    finally:
+        server.shutdown()
 
 
 def write_config(root: Path, registry_url: str, webhook_url: str | None) -> Path:

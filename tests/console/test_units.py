@@ -152,6 +152,18 @@ def test_config_file_errors_name_the_place(tmp_path: Path) -> None:
     path.write_text("actions:\n  deploy: {playbook: x.yml, extra_vars_schema: {type: wrong}}\n")
     with pytest.raises(configmod.ConfigError, match="extra_vars_schema"):
         configmod.load(path)
+    path.write_text("environments:\n  prod: {inventory: i, approval: {actions: [deploy, deplyo]}}\n")
+    with pytest.raises(configmod.ConfigError, match=r"environments/prod/approval/actions: unknown action\(s\) deplyo"):
+        configmod.load(path)
+    path.write_text("environments:\n  prod: {inventory: i, approval: {timeout_minutes: 0}}\n")
+    with pytest.raises(configmod.ConfigError, match="environments/prod/approval/timeout_minutes"):
+        configmod.load(path)
+    # Every action, an hour, when the approval says no more.
+    path.write_text("environments:\n  prod: {inventory: i, approval: {}}\n  dev: {inventory: i}\n")
+    loaded = configmod.load(path)
+    assert loaded.environments["prod"].approval_actions == ("deploy", "rollback", "provision")
+    assert loaded.environments["prod"].approval_timeout_minutes == 60
+    assert not loaded.environments["dev"].needs_approval("deploy")
 
 
 def test_database_urls_sqlite_or_postgresql_through_psycopg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

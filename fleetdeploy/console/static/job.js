@@ -8,9 +8,9 @@
   const follow = document.getElementById("follow");
   const statusEl = document.getElementById("job-status");
   const state = { columns: [], hosts: [], cells: new Map(), results: {} };
-  const FINAL = ["successful", "failed", "canceled", "interrupted", "error"];
-  const BADGE = { successful: "ok", failed: "failed", error: "failed", canceled: "canceled",
-                  interrupted: "canceled", running: "running" };
+  // The statuses a job ends in, and each status's badge, as the server names them (pages.py).
+  const FINAL = root.dataset.final.split(" ");
+  const BADGE = JSON.parse(root.dataset.badges);
   // A job still running when the page loaded offers no Relaunch yet: when its stream ends, the server's
   // own rendering of the actions (who may relaunch, which hosts failed) replaces the empty one.
   const watchedLive = !FINAL.includes(statusEl.textContent.trim());
@@ -180,6 +180,15 @@
     schedulePaint();
   }
 
+  // A pending job has nothing to stream until someone approves (or rejects) it, or it expires: ask for its
+  // status now and then, and load the page afresh when it changes.
+  if (statusEl.textContent.trim() === "pending") {
+    const poll = setInterval(async () => {
+      const r = await fetch(`/api/jobs/${jobId}`, { credentials: "same-origin" });
+      if (r.ok && (await r.json()).status !== "pending") { clearInterval(poll); window.location.reload(); }
+    }, 2000);
+    return;
+  }
   const source = new EventSource(`/api/jobs/${jobId}/events`);
   source.onmessage = (e) => handle(JSON.parse(e.data));
   document.body.dataset.streamStarted = "1";
