@@ -11,7 +11,9 @@ import secrets
 import socket
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import boto3
 import httpx
@@ -101,11 +103,29 @@ def test_an_upload_round_trips_byte_for_byte_through_s3(app: App, s3: MotoEndpoi
     bucket = boto3.client("s3", endpoint_url=s3.url, region_name="eu-west-1", aws_access_key_id="testing",
                           aws_secret_access_key="testing")
     keys = [o["Key"] for o in bucket.list_objects_v2(Bucket=BUCKET, Prefix="uploads/")["Contents"]]
-    assert len(keys) == 1 and keys[0].endswith("/report.bin"), keys
+    # uploads/<date>/<random>/<name>: unique without asking the store whether the name is free (models.upload_key).
+    assert len(keys) == 1 and re.fullmatch(r"uploads/\d{4}/\d{2}/\d{2}/[0-9a-f]{32}/report\.bin", keys[0]), keys
     assert bucket.get_object(Bucket=BUCKET, Key=keys[0])["Body"].read() == content
     assert httpx.get(f"{s3.url}/{BUCKET}/{keys[0]}", timeout=30).status_code == 403  # not public, unlike static/
     assert upload["id"] in [u["id"] for u in client.get("/api/uploads").json()["uploads"]]
     assert httpx.get(f"{app.web.url}{upload['download']}", timeout=30).status_code == 401
+
+
+def test_uploads_of_one_name_at_once_each_keep_their_own_bytes(app: App) -> None:
+    """Eight uploads named alike, sent together: each downloads as what it sent (one key each)."""
+    client = signed_in(app.web)
+    bodies = [secrets.token_bytes(40_000 + i) for i in range(8)]
+
+    def send(body: bytes) -> dict[str, Any]:
+        posted = client.post("/api/uploads", files={"file": ("same.bin", body, "application/octet-stream")},
+                             headers={"X-CSRFToken": client.cookies["csrftoken"]})
+        assert posted.status_code == 201, posted.text
+        return posted.json()  # type: ignore[no-any-return]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        stored = list(pool.map(send, bodies))
+    for body, upload in zip(bodies, stored, strict=True):
+        assert client.get(upload["download"]).content == body, upload
 
 
 def test_readyz_is_503_while_redis_is_down_and_ready_again_after(app: App, backing: Backing) -> None:
