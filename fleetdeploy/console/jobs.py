@@ -311,7 +311,8 @@ class JobManager:
         self.sessions = sessions
         self.notifier = notifier
         self.live: dict[int, LiveJob] = {}
-        self._env_lock = threading.Lock()
+        # Re-entrant: an approval that finds its job past the deadline expires it under the same lock.
+        self._env_lock = threading.RLock()
         self._busy: dict[str, int] = {}
         self._redactors: dict[str, tuple[tuple[int, float], Redactor, set[bytes]]] = {}
         self._stopping = False
@@ -531,8 +532,9 @@ class JobManager:
             timer.cancel()
 
     def _expire(self, job_id: int) -> None:
-        """The deadline passed with the job still pending: it will not run. The audit log says so."""
-        with self.sessions() as db:
+        """The deadline passed with the job still pending: it will not run. The audit log says so. Under the
+        lock approvals take, so a job is never both expired and started."""
+        with self._env_lock, self.sessions() as db:
             job = db.get(Job, job_id)
             if job is None or job.status != PENDING:
                 return
