@@ -75,8 +75,12 @@ def read_records(lines: Iterable[str]) -> Iterator[dict]:
             record = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if "AUDIT_RECORD" in record:
-            record = json.loads(record["AUDIT_RECORD"])
+        if isinstance(record, dict) and "AUDIT_RECORD" in record:
+            try:
+                # journalctl prints a field that is not UTF-8 as a list of bytes: not a record either.
+                record = json.loads(record["AUDIT_RECORD"]) if isinstance(record["AUDIT_RECORD"], str) else None
+            except json.JSONDecodeError:
+                continue
         if isinstance(record, dict) and {"action", "environment", "ended", "result"} <= set(record):
             yield record
 
@@ -88,7 +92,7 @@ def read_dynamodb(table: str, region: str | None) -> Iterator[dict]:
     import boto3  # the ops host runs this script with the standard library alone
 
     pages = boto3.client("dynamodb", region_name=region).get_paginator("scan").paginate(
-        TableName=table, FilterExpression="begins_with(#k, :audit)",
+        TableName=table, FilterExpression="begins_with(#k, :audit)", ConsistentRead=True,
         ExpressionAttributeNames={"#k": "lock"}, ExpressionAttributeValues={":audit": {"S": "audit/"}})
     for page in pages:
         for item in page["Items"]:
@@ -124,7 +128,8 @@ def deployments(records: Iterable[dict]) -> list[Deployment]:
     for run in runs:
         environment, ended, result = run["environment"], parse_time(run["ended"]), run["result"]
         if run["action"] == "rollback":
-            for deployment in last_deploy.pop(environment, []):
+            # A rollback that failed outright put nothing back: the deploy before it still stands.
+            for deployment in last_deploy.pop(environment, []) if result in REACHED_FLEET else []:
                 key = (environment, deployment.service)
                 if not deployment.failed:
                     deployment.rolled_back = True
@@ -265,12 +270,12 @@ def as_prometheus(rows: list[Figures], runs: Iterable[dict] = ()) -> str:
         for row in rows:
             number = value(row)
             if number is not None:
-                labels = f'environment="{row.environment}",service="{row.service}",window_days="{row.days:g}"'
+                labels = f'environment="{_label(row.environment)}",service="{_label(row.service)}",window_days="{row.days:g}"'
                 out.append(f"{name}{{{labels}}} {number:.6g}")
     name = "fleetdeploy_run_end_timestamp_seconds"
     out += [f"# HELP {name} When the latest deploy or rollback of each kind and result ended.", f"# TYPE {name} gauge"]
     for run in runs:
-        labels = ",".join(f'{key}="{_label(run.get(key, ""))}"' for key in ("environment", "action", "result", "release"))
+        labels = ",".join(f'{key}="{_label(run.get(key) or "")}"' for key in ("environment", "action", "result", "release"))
         out.append(f"{name}{{{labels}}} {parse_time(run['ended']).timestamp():.3f}")
     return "\n".join(out) + "\n"
 

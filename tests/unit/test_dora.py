@@ -163,8 +163,31 @@ def test_the_command_line_prints_a_table_json_and_prometheus_text(tmp_path) -> N
 
 
 def test_a_label_value_is_escaped_as_prometheus_reads_it() -> None:
-    text = dora.as_prometheus([], [run("prod", "deploy", "2026-12-01T10:00:00Z", "ok", release='v"1\\x\nmore')])
-    assert 'release="v\\"1\\\\x\\nmore"}' in text, text
+    odd = 'v"1\\x\nmore'
+    history = [run(odd, "deploy", "2026-12-01T10:00:00Z", "ok", {"web:v1": "a1"}, release=odd)]
+    text = dora.as_prometheus(dora.figures(history, NOW, 30), dora.last_runs(history))
+    escaped = 'v\\"1\\\\x\\nmore'
+    assert f'release="{escaped}"}}' in text and f'fleetdeploy_dora_deployments{{environment="{escaped}",' in text, text
+    # A run that names no release is marked with an empty one, not "None".
+    no_release = {**run("prod", "rollback", "2026-12-01T11:00:00Z", "ok"), "release": None}
+    assert 'release=""}' in dora.as_prometheus([], [no_release])
+
+
+def test_a_rollback_that_failed_undoes_nothing() -> None:
+    history = [run("prod", "deploy", "2026-12-01T10:00:00Z", "ok", {"web:v1": "a1"}),
+               run("prod", "deploy", "2026-12-02T10:00:00Z", "ok", {"web:v2": "a2"}),
+               run("prod", "rollback", "2026-12-02T10:30:00Z", "failed"),
+               # v2's digest still runs, so this deploy of the same digest is no deployment.
+               run("prod", "deploy", "2026-12-03T10:00:00Z", "ok", {"web:v2b": "a2"})]
+    web = by_key(dora.figures(history, NOW, 30))[("prod", "web")]
+    assert (web["deployments"], web["failed"]) == (2, 0), web
+
+
+def test_a_journal_entry_that_is_no_record_is_skipped() -> None:
+    good = run("prod", "deploy", "2026-12-01T10:00:00Z", "ok")
+    lines = [json.dumps({"AUDIT_RECORD": [123, 34]}), json.dumps({"AUDIT_RECORD": "{torn"}),
+             json.dumps({"AUDIT_RECORD": json.dumps(good)})]
+    assert list(dora.read_records(lines)) == [good]
 
 
 def test_the_command_line_refuses_bad_input_clearly(tmp_path) -> None:
