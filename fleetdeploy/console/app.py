@@ -256,7 +256,11 @@ def create_job(body: JobRequest, request: Request, who: Principal = Depends(view
     console = console_of(request)
     req = console.validate_launch(who, body.environment, body.action, body.release, body.extra_vars)
     job_id = console.launch(who, req, client_ip(request))
-    return {"id": job_id, "url": f"/jobs/{job_id}", "events": f"/api/jobs/{job_id}/events"}
+    job = console.job(who, job_id)
+    # status "pending": the environment wants an approval first (docs/console.md, "Approvals"); the events
+    # stream has nothing to say until then, so a client waits on GET /api/jobs/{id} for the status to change.
+    return {"id": job_id, "url": f"/jobs/{job_id}", "events": f"/api/jobs/{job_id}/events",
+            "status": job["status"], "approval_deadline": job["approval_deadline"]}
 
 
 @api.get("/jobs", summary="Job history, newest first, with filters")

@@ -533,7 +533,16 @@ class JobManager:
 
     def _expire(self, job_id: int) -> None:
         """The deadline passed with the job still pending: it will not run. The audit log says so. Under the
-        lock approvals take, so a job is never both expired and started."""
+        lock approvals take, so a job is never both expired and started. A database error tries again a
+        minute later rather than leave the job pending."""
+        try:
+            self._expire_now(job_id)
+        except Exception:
+            log.exception("expiring pending job %s failed; trying again in 60 s", job_id)
+            if not self._stopping:
+                self._arm_expiry(job_id, now() + dt.timedelta(seconds=60))
+
+    def _expire_now(self, job_id: int) -> None:
         with self._env_lock, self.sessions() as db:
             job = db.get(Job, job_id)
             if job is None or job.status != PENDING:

@@ -15,6 +15,11 @@ _ICON = {"running": ":rocket:", "successful": ":white_check_mark:", "failed": ":
          "pending": ":hourglass:", "rejected": ":no_entry:", "expired": ":hourglass:"}
 
 
+def _text(value: str) -> str:
+    """Free text (a rejection's reason) as Slack shows it literally: its <...> would be links or mentions."""
+    return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
 def message(job: dict[str, Any], base_url: str | None = None) -> dict[str, Any]:
     """The payload: `text` for Slack and anything Slack-compatible (Mattermost, Rocket.Chat, ...)."""
     what = f"{job['action']} of {job['environment']}"
@@ -25,9 +30,9 @@ def message(job: dict[str, Any], base_url: str | None = None) -> dict[str, Any]:
     if job["status"] == "pending":
         text = f"{_ICON['pending']} {what} by {job['launched_by']} awaits another person's approval{link}"
     elif job["status"] == "rejected":
-        text = f"{_ICON['rejected']} {what} by {job['launched_by']} {job.get('explanation') or 'rejected'}{link}"
+        text = f"{_ICON['rejected']} {what} by {job['launched_by']} {_text(job.get('explanation') or 'rejected')}{link}"
     elif job["status"] == "expired":
-        text = f"{_ICON['expired']} {what} by {job['launched_by']} expired: {job.get('explanation') or ''}{link}"
+        text = f"{_ICON['expired']} {what} by {job['launched_by']} expired: {_text(job.get('explanation') or '')}{link}"
     else:
         text = f"{_ICON.get(job['status'], '')} {what} {verb} by {job['launched_by']}{link}".strip()
     return {"text": text, "username": "fleetdeploy", "fleetdeploy": job}

@@ -412,6 +412,9 @@ class Console:
         action = self.config.actions.get(job["action"])
         if job["status"] != PENDING:
             return False, ""
+        if who.via_token:
+            # A token is no second person: whoever holds one may also have launched the job as themselves.
+            return False, "an approval is a person's, signed in to the console, not a token's"
         if action is None or not who.may(action.role, job["environment"]):
             return False, f"it needs a {action.role if action else 'admin'} of {job['environment']} to approve it"
         if who.name == job["launched_by"]:
@@ -582,7 +585,8 @@ class Console:
                         limit: int = 100) -> list[dict[str, Any]]:
         """The jobs that released a service (actions with `service:`) in an environment, newest first."""
         self._seen_environment(who, environment)
-        q = (select(Job).where(Job.environment == environment, Job.service.is_not(None))
+        # A job that never started (pending, rejected, expired) released nothing.
+        q = (select(Job).where(Job.environment == environment, Job.service.is_not(None), Job.started_at.is_not(None))
              .order_by(Job.id.desc()).limit(max(1, min(limit, 500))))
         if service:
             q = q.where(Job.service == service)

@@ -45,9 +45,22 @@ def approvals(tmp_path_factory: pytest.TempPathFactory, registry: FakeRegistry,
         made = cli(config, "create-user", name, "--role", role, "--password-stdin",
                    *(["--environments", scope] if scope else []), stdin=PASSWORDS[name] + "\n")
         assert made.returncode == 0, made.stderr
+    token = cli(config, "create-token", "ci", "--role", "deployer")
+    assert token.returncode == 0, token.stderr
     server = start_server(root, config)
+    server.tokens["ci"] = token.stdout.strip().splitlines()[-1]
     yield server
     server.stop()
+
+
+def chat_says(webhook: tuple[str, list[dict[str, Any]]], job_id: int, status: str) -> str:
+    """What the chat webhook got about the job reaching `status` (the console posts from a thread of its own)."""
+    deadline = time.monotonic() + 15
+    while not (said := [m["text"] for m in webhook[1]
+                        if m["fleetdeploy"]["id"] == job_id and m["fleetdeploy"]["status"] == status]):
+        assert time.monotonic() < deadline, webhook[1]
+        time.sleep(0.2)
+    return said[0]
 
 
 def audit(admin: Client, action: str) -> list[dict[str, Any]]:
@@ -58,7 +71,11 @@ def audit(admin: Client, action: str) -> list[dict[str, Any]]:
 def test_a_deploy_waits_for_a_second_person_then_runs(approvals: Server,
                                                       webhook: tuple[str, list[dict[str, Any]]]) -> None:
     deployer, approver = Client(approvals, "deployer"), Client(approvals, "approver")
-    job_id = deployer.launch("prod", release="v1.2.0", fixture_step=0)
+    launched = deployer.post("/api/jobs", json={"environment": "prod", "action": "deploy", "release": "v1.2.0",
+                                                "extra_vars": {"fixture_step": 0}})
+    assert launched.status_code == 201 and launched.json()["status"] == "pending", launched.text
+    assert launched.json()["approval_deadline"], launched.text
+    job_id = launched.json()["id"]
     job = deployer.get(f"/api/jobs/{job_id}").json()
     assert job["status"] == "pending" and job["approval_deadline"] and job["decided_by"] is None, job
     # Nothing runs and nothing is held: no process, and another action on prod (not gated) starts at once.
@@ -66,7 +83,7 @@ def test_a_deploy_waits_for_a_second_person_then_runs(approvals: Server,
     assert job_processes(approvals.config, job_id) == []
     other = deployer.launch("prod", "rollback", release=None)
     assert deployer.wait(other)["status"] == "successful"
-    assert any(m["text"].endswith("awaits another person's approval (job %d)" % job_id) for m in webhook[1]), webhook[1]
+    assert chat_says(webhook, job_id, "pending").endswith(f"awaits another person's approval (job {job_id})")
     page = deployer.get("/").text
     assert f'Awaiting approval: <a href="/jobs/{job_id}">deploy v1.2.0 (job {job_id})</a> by deployer' in page
 
@@ -75,6 +92,9 @@ def test_a_deploy_waits_for_a_second_person_then_runs(approvals: Server,
     assert mine.status_code == 403 and "another person must approve it" in mine.json()["detail"], mine.text
     assert Client(approvals, "viewer").post(f"/api/jobs/{job_id}/approve").status_code == 403
     assert Client(approvals, "stager").post(f"/api/jobs/{job_id}/approve").status_code == 404
+    # A token is no second person: its holder may be the launcher.
+    by_token = Client(approvals, token=approvals.tokens["ci"]).post(f"/api/jobs/{job_id}/approve")
+    assert by_token.status_code == 403 and "not a token's" in by_token.json()["detail"], by_token.text
     assert deployer.get(f"/api/jobs/{job_id}").json()["status"] == "pending"
 
     approved = approver.post(f"/api/jobs/{job_id}/approve")
@@ -91,14 +111,18 @@ def test_a_deploy_waits_for_a_second_person_then_runs(approvals: Server,
     assert [a["actor"] for a in audit(admin, "job_approve") if a["target"] == f"job {job_id}"] == ["approver"]
 
 
-def test_a_rejected_or_withdrawn_job_never_runs_and_says_why(approvals: Server) -> None:
+def test_a_rejected_or_withdrawn_job_never_runs_and_says_why(approvals: Server,
+                                                             webhook: tuple[str, list[dict[str, Any]]]) -> None:
     deployer, approver = Client(approvals, "deployer"), Client(approvals, "approver")
     rejected = deployer.launch("prod", release="v1.3.0", fixture_step=0)
-    r = approver.post(f"/api/jobs/{rejected}/reject", json={"reason": "not during the sale"})
+    r = approver.post(f"/api/jobs/{rejected}/reject", json={"reason": "not during the sale <!channel>"})
     assert r.status_code == 200, r.text
     job = r.json()
     assert (job["status"], job["decided_by"], job["explanation"]) == (
-        "rejected", "approver", "rejected by approver: not during the sale"), job
+        "rejected", "approver", "rejected by approver: not during the sale <!channel>"), job
+    # In the chat the reason is text: its <!channel> would page everyone.
+    said = chat_says(webhook, rejected, "rejected")
+    assert "not during the sale &lt;!channel&gt;" in said and "<!channel>" not in said, said
     late = Client(approvals, "admin").post(f"/api/jobs/{rejected}/approve")
     assert late.status_code == 409 and "rejected" in late.json()["detail"]
 
@@ -114,7 +138,10 @@ def test_a_rejected_or_withdrawn_job_never_runs_and_says_why(approvals: Server) 
         assert job_processes(approvals.config, job_id) == []
         assert deployer.get(f"/api/jobs/{job_id}").json()["started_at"] is None
     reasons = {a["target"]: a["detail"]["reason"] for a in audit(Client(approvals, "admin"), "job_reject")}
-    assert reasons[f"job {rejected}"] == "not during the sale" and reasons[f"job {withdrawn}"] == "wrong tag"
+    assert reasons[f"job {rejected}"] == "not during the sale <!channel>" and reasons[f"job {withdrawn}"] == "wrong tag"
+    # Jobs that never ran released nothing.
+    history = [entry["id"] for entry in deployer.get("/api/environments/prod/releases").json()]
+    assert rejected not in history and withdrawn not in history, history
 
 
 def test_a_pending_job_expires_when_no_one_approves_it_in_time(approvals: Server) -> None:

@@ -184,8 +184,11 @@
   // status now and then, and load the page afresh when it changes.
   if (statusEl.textContent.trim() === "pending") {
     const poll = setInterval(async () => {
-      const r = await fetch(`/api/jobs/${jobId}`, { credentials: "same-origin" });
-      if (r.ok && (await r.json()).status !== "pending") { clearInterval(poll); window.location.reload(); }
+      try {
+        const r = await fetch(`/api/jobs/${jobId}`, { credentials: "same-origin" });
+        if (r.status >= 400 && r.status < 500) { clearInterval(poll); return; }  // signed out, or no longer allowed
+        if (r.ok && (await r.json()).status !== "pending") { clearInterval(poll); window.location.reload(); }
+      } catch (e) { /* the console is restarting: ask again at the next tick */ }
     }, 2000);
     return;
   }
