@@ -26,14 +26,15 @@ REGISTRY = f"123456789012.dkr.ecr.{REGION}.amazonaws.com"
 MIGRATE = ["python3", "manage.py", "migrate", "--noinput"]
 LOCK_TABLE = "fleetdeploy-locks"  # inventories/staging/group_vars/all/lock.yml
 
-# The staging inventory's one service, and two more that only infra.yml sees, for the ALB's routing: `api`
+# The staging inventory's one service, and three more that only infra.yml sees, for the ALB's routing: `api`
 # on /api/ of any host name and on every path of api.example.com, `admin` on /admin/ of ops.example.com
-# alone. The deploys below roll demo alone (every service in deploy_services needs a target group; a subset
+# alone, `wild` on every other name under example.com. The deploys below roll demo alone (every service in deploy_services needs a target group; a subset
 # is enough).
 DEMO = yaml.safe_load((REPO / "inventories/staging/group_vars/all/services.yml").read_text())["deploy_services"][0]
 ROUTED = [DEMO,
           {**DEMO, "name": "api", "image": "api", "routes": [{"path": "/api/"}, {"path": "/", "hosts": ["api.example.com"]}]},
-          {**DEMO, "name": "admin", "image": "admin", "routes": [{"path": "/admin/", "hosts": ["ops.example.com"]}]}]
+          {**DEMO, "name": "admin", "image": "admin", "routes": [{"path": "/admin/", "hosts": ["ops.example.com"]}]},
+          {**DEMO, "name": "wild", "image": "wild", "routes": [{"path": "/", "hosts": ["*.example.com"]}]}]
 
 # moto starts a one-off task and leaves it running for ever, with no exit code. Here a task "runs" its
 # command override at once: it stops with the exit code this table gives its command (0 when absent).
@@ -224,9 +225,9 @@ def test_a_deploy_registers_the_release_runs_its_release_tasks_first_and_a_rollb
 
 def test_the_alb_routes_each_services_paths_and_host_names_as_nginx_does(
         environment: tuple[MotoEndpoint, dict[str, Any]]) -> None:
-    """The HTTPS listener's default goes to the service on /; its rules, in priority order: a host name's own
-    routes (longest prefix first), a 404 for the rest of a host name without a / of its own, then the
-    prefixes of any host name (longest first)."""
+    """The HTTPS listener's default goes to the service on /; its rules, in priority order: each host name's
+    own routes (longest prefix first) closed by a 404 for the rest when it has no / of its own, exact names
+    before wildcards (as nginx picks a server block); then the prefixes of any host name (longest first)."""
     _, variables = environment
     groups = variables["aws_outputs"]["ecs_target_groups"]
     elb = boto3.client("elbv2", region_name=REGION)
@@ -248,7 +249,8 @@ def test_the_alb_routes_each_services_paths_and_host_names_as_nginx_does(
         (1, ["api.example.com"], None, groups["api"]),
         (2, ["ops.example.com"], ["/admin/*"], groups["admin"]),
         (3, ["ops.example.com"], None, "404"),
-        (4, None, ["/api/*"], groups["api"]),
+        (4, ["*.example.com"], None, groups["wild"]),
+        (5, None, ["/api/*"], groups["api"]),
     ], rules
 
 
