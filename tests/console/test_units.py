@@ -6,6 +6,7 @@ import dataclasses
 import datetime as dt
 import os
 import subprocess
+import time
 from pathlib import Path
 from typing import Any
 
@@ -257,8 +258,14 @@ def test_a_sweep_kills_only_its_own_consoles_job() -> None:
     try:
         assert kill_job_processes(ours) == [procs[ours].pid]
         assert procs[ours].wait(timeout=10) == -signal.SIGKILL
+        # Under a loaded suite (CI's three workers), twice the other console's live process was not found by
+        # the scan right after the sweep; the cause is not known. Its marker is looked for again for up to
+        # 5 s: the test still fails if the sweep killed it or the scan never sees it.
+        deadline = time.monotonic() + 5
+        while (found := job_processes(theirs)) != [procs[theirs].pid] and time.monotonic() < deadline:
+            time.sleep(0.1)
         assert procs[theirs].poll() is None
-        assert job_processes(theirs) == [procs[theirs].pid]
+        assert found == [procs[theirs].pid]
     finally:
         for proc in procs.values():
             proc.kill()
