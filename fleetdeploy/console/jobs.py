@@ -554,8 +554,7 @@ class JobManager:
                               detail={"environment": job.environment, "action": job.action, "release": job.release}))
             db.commit()
             brief = job_dict(job)
-        self._held.pop(job_id, None)
-        self._expiry.pop(job_id, None)
+        self._forget_held(job_id)
         self.notifier.send(brief)
 
     def _start(self, job: Job, env: Environment, action: Action, extra_vars: dict[str, Any],

@@ -198,11 +198,9 @@ def job_page(request: Request, job_id: int) -> Response:
     job = console.job(who, job_id)
     may_relaunch, retry_hosts = console.relaunch_offer(who, job)
     may_approve, why_not = console.approval_offer(who, job)
-    action = console.config.actions.get(job["action"])
     return render(request, "job.html", who, job=job, may_cancel=who.may("deployer", job["environment"]),
                   may_relaunch=may_relaunch, retry_hosts=retry_hosts, may_approve=may_approve,
-                  why_not_approve=why_not,
-                  may_reject=job["status"] == PENDING and action is not None and who.may(action.role, job["environment"]))
+                  why_not_approve=why_not, may_reject=console.may_reject(who, job))
 
 
 @router.get("/environments/{environment}/releases")

@@ -421,6 +421,11 @@ class Console:
             return False, "another person must approve it: you launched it"
         return True, ""
 
+    def may_reject(self, who: Principal, job: dict[str, Any]) -> bool:
+        """Whether `who` may reject (or, as its launcher, withdraw) a pending job: anyone who may launch its action there."""
+        action = self.config.actions.get(job["action"])
+        return job["status"] == PENDING and action is not None and who.may(action.role, job["environment"])
+
     def approve(self, who: Principal, job_id: int, ip: str | None) -> dict[str, Any]:
         """Start a pending job as approved by `who`: a second person who may launch the action there, who
         sees it checked again as a fresh launch is (the release still in the registry, the schema)."""
@@ -434,7 +439,7 @@ class Console:
             raise ConsoleError(403, f"{who.name} may not approve job {job_id}: {why}")
         extra_vars = self.jobs.held_extra_vars(job_id)
         if extra_vars is None:
-            masked = sorted(k for k, v in job["extra_vars"].items() if v == MASK)
+            masked = masked_extra_vars(job)
             if masked:
                 raise ConsoleError(409, f"job {job_id}'s extra vars {', '.join(masked)} held secrets, which the "
                                         "console restarted without (it never stores them): reject it and launch anew")
@@ -461,10 +466,9 @@ class Console:
         from fleetdeploy.console.jobs import NotPending
 
         job = self.job(who, job_id)
-        action = self.config.actions.get(job["action"])
         if job["status"] != PENDING:
             raise ConsoleError(409, f"job {job_id} is {job['status']}; only a pending job can be rejected")
-        if action is None or not who.may(action.role, job["environment"]):
+        if not self.may_reject(who, job):
             raise ConsoleError(403, f"{who.name} ({who.role}) may not reject job {job_id} on {job['environment']}")
         reason = " ".join(reason.split())[:500]
 
@@ -485,7 +489,7 @@ class Console:
         req = self.validate_launch(who, old["environment"], old["action"], old["release"], old["extra_vars"])
         if old["status"] not in FINAL:
             raise ConsoleError(409, f"job {job_id} is {old['status']}; relaunch it once it has ended")
-        masked = sorted(k for k, v in old["extra_vars"].items() if v == MASK)
+        masked = masked_extra_vars(old)
         if masked:
             raise ConsoleError(422, f"job {job_id}'s extra vars {', '.join(masked)} held secrets the console does "
                                     "not keep; launch the action anew with them")
@@ -683,6 +687,11 @@ class Console:
                 ))
             db.commit()
         return len(alerts)
+
+
+def masked_extra_vars(job: dict[str, Any]) -> list[str]:
+    """The extra vars a job stored masked: secrets the console never keeps, so it cannot run the job again."""
+    return sorted(k for k, v in job["extra_vars"].items() if v == MASK)
 
 
 def failed_hosts(job: dict[str, Any]) -> list[str]:
