@@ -4,14 +4,25 @@ naming the variable, never a traceback that could carry a secret."""
 
 from __future__ import annotations
 
+import json
 import os
+import sys
 import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import NoReturn
 
 
 class ConfigError(ValueError):
     """One or more environment variables are missing or malformed."""
+
+
+def cannot_start(reason: object) -> NoReturn:
+    """Stop the process on a problem no restart mends: one JSON line on stdout, exit 78 (EX_CONFIG).
+    One write, one line: uWSGI's log master takes each write as one message."""
+    sys.stdout.write(json.dumps({"level": "error", "logger": "fdweb.config", "msg": f"cannot start: {reason}"}) + "\n")
+    sys.stdout.flush()
+    sys.exit(78)
 
 
 @dataclass(frozen=True)

@@ -3,21 +3,16 @@ variables); what is here is the same in the lab, staging and prod."""
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 from botocore.config import Config as BotoConfig
 
-from fdweb.config import Config, ConfigError
+from fdweb.config import Config, ConfigError, cannot_start
 
 try:
     CONFIG = Config.from_env()
 except ConfigError as error:
-    # One write, one line: uWSGI's log master takes each write as one message.
-    sys.stdout.write(json.dumps({"level": "error", "logger": "fdweb.config", "msg": f"cannot start: {error}"}) + "\n")
-    sys.stdout.flush()
-    sys.exit(78)  # EX_CONFIG: a configuration error, which no restart mends
+    cannot_start(error)
 
 BASE_DIR = Path(__file__).resolve().parent
 SECRET_KEY = CONFIG.secret_key

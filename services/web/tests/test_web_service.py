@@ -19,7 +19,7 @@ import boto3
 import httpx
 import pytest
 
-from conftest import BUCKET, CANARIES, SERVICE, Backing, Fleet, Tracking, Web, docker, wait_until, web_port
+from conftest import AWS_SECRET, BUCKET, CANARIES, SERVICE, Backing, Fleet, Tracking, Web, docker, wait_until, web_port
 from moto_endpoint import MotoEndpoint
 
 pytestmark = pytest.mark.slow
@@ -70,6 +70,48 @@ def test_the_release_tasks_migrate_and_publish_hashed_static_files(app: App, s3:
     served = httpx.get(css[1], timeout=30)
     assert served.status_code == 200
     assert served.content == (SERVICE / "fdweb" / "static" / "fdweb" / "site.css").read_bytes()
+
+
+def manifest_reads(s3: MotoEndpoint, bucket: str = BUCKET) -> int:
+    """Requests for the manifest (a read is HEAD, HEAD, GET: django-storages asks whether it exists first)."""
+    return len([call for call in s3.recorder.actions() if call.action == f"/{bucket}/static/staticfiles.json"])
+
+
+def test_a_new_container_reads_the_static_manifest_once_before_it_serves(app: App, fleet: Fleet,
+                                                                          s3: MotoEndpoint) -> None:
+    """The manifest of hashed static names is read from S3 once, when the container starts: no page of a
+    new container waits on S3 for it (in a CI deploy, one first page per worker did, and one took over 10 s)."""
+    before = manifest_reads(s3)
+    web = fleet.start("warm", web_port(3))
+    try:
+        started = manifest_reads(s3)
+        assert started > before  # read while the container started
+        with ThreadPoolExecutor(8) as pool:  # more pages at once than the container has workers (4)
+            pages = list(pool.map(lambda _: httpx.get(f"{web.url}/", timeout=30), range(16)))
+        assert [page.status_code for page in pages] == [200] * 16
+        assert all(re.search(r"/static/fdweb/site\.[0-9a-f]{12}\.css", page.text) for page in pages)
+        assert manifest_reads(s3) == started
+    finally:
+        web.remove()
+
+
+def test_without_its_static_manifest_the_web_stops_at_start_with_one_line(fleet: Fleet, s3: MotoEndpoint) -> None:
+    """A bucket where `collectstatic` never ran: the container exits 78 at once with one line saying what to
+    run, instead of answering every page with a 500."""
+    bucket = f"{BUCKET}-unpublished"
+    boto3.client("s3", endpoint_url=s3.url, region_name="eu-west-1", aws_access_key_id="testing",
+                 aws_secret_access_key=AWS_SECRET).create_bucket(
+        Bucket=bucket, CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    web = fleet.start("unpublished", web_port(3), wait=False, S3_STATIC_BUCKET=bucket)
+    try:
+        assert docker("wait", web.name, timeout=120).stdout.strip() == "78", web.logs()[-3000:]
+        stdout, _ = web.streams()
+        errors = [entry for entry in map(json.loads, stdout.splitlines()) if entry.get("level") == "error"]
+        assert [entry["msg"] for entry in errors] == [
+            f"cannot start: no static manifest at s3://{bucket}/static/staticfiles.json: "
+            "run the release task `manage.py collectstatic --noinput` first"], stdout[-3000:]
+    finally:
+        web.remove()
 
 
 def test_a_sign_in_survives_the_container_being_replaced(app: App, fleet: Fleet, backing: Backing) -> None:
