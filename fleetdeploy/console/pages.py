@@ -289,13 +289,14 @@ def users_page(request: Request, error: str = "") -> Response:
 
 
 @router.post("/admin/users")
-async def create_user(request: Request) -> Response:
+async def save_user(request: Request) -> Response:
+    """Add a user, or (the form of a user's row, `update` set) change its role, scope and password."""
     who = _admin(request)
     form = await checked_form(request, who)
     try:
         console_of(request).save_user(who, form.get("name", "").strip(), form.get("role", ""),
                                       _envs(form.get("environments", "")), form.get("password", ""),
-                                      client_ip(request))
+                                      client_ip(request), update=form.get("update") == "1")
     except ConsoleError as exc:
         return RedirectResponse(f"/admin/users?{urlencode({'error': exc.message})}", status_code=303)
     return RedirectResponse("/admin/users", status_code=303)

@@ -249,8 +249,11 @@ class Console:
 
     def save_user(self, who: Principal, name: str, role: str, environments: Iterable[str] | None,
                   password: str, ip: str | None = None, update: bool = False) -> User:
-        """Create a user (or, with `update`, change its role, scope and password, which ends its sessions)."""
-        if not name or len(name) > 64 or name != name.strip() or role not in ROLES or len(password) < MIN_PASSWORD:
+        """Create a user (or, with `update`, change its role, scope and password, which ends its sessions; an
+        empty password on an update keeps the one it has)."""
+        keep_password = update and password == ""
+        if not name or len(name) > 64 or name != name.strip() or role not in ROLES or (
+                len(password) < MIN_PASSWORD and not keep_password):
             raise ConsoleError(422, f"a user needs a name, a role ({', '.join(ROLES)}) and a password of at least "
                                     f"{MIN_PASSWORD} characters")
         envs = self._environments(environments)
@@ -260,15 +263,19 @@ class Console:
             if user is not None and not update:
                 raise ConsoleError(409, f"user {name} exists")
             if user is None:
+                if keep_password:
+                    raise ConsoleError(404, f"no user {name}")
                 user = User(name=name, disabled=False)
                 db.add(user)
             else:
                 # Changing a user is managing it: its present scope must be within ours too.
                 self._may_grant(who, user.role, user.environments)
                 db.execute(delete(WebSession).where(WebSession.user_id == user.id))
-            user.role, user.environments, user.password_hash = role, envs, hash_password(password)
+            user.role, user.environments = role, envs
+            if not keep_password:
+                user.password_hash = hash_password(password)
             self.audit(db, who.name, "user_update" if update else "user_create", name, ip=ip, role=role,
-                       environments=envs)
+                       environments=envs, password_changed=not keep_password)
             db.commit()
             return user
 

@@ -222,3 +222,48 @@ def test_the_release_history_page_compares_two_releases(
     expect(page.locator("#diff tr[data-setting=release]")).to_contain_text('"v1.2.0"')
     expect(page.locator("#diff tr[data-setting=release]")).to_contain_text('"v1.3.0"')
     expect(page.locator("#diff tr[data-setting=fixture_batch]")).to_contain_text("3")
+
+
+def test_an_admin_changes_a_users_role_scope_and_password_on_the_users_page(browser_page: object, server: Server,
+                                                                            admin: Client) -> None:
+    """Issue 21: from a user's row, an admin changes its role, scope and password; the user's sessions end and
+    the new password signs in with the new rights. A second change with the password left empty keeps it."""
+    from playwright.sync_api import Page, expect
+
+    page = browser_page
+    assert isinstance(page, Page)
+    first, second = "changeling-password-1", "changeling-password-2"
+    assert admin.http.post("/admin/users", data={"csrf": admin.csrf, "name": "changeling", "role": "viewer",
+                                                  "environments": "staging", "password": first}).status_code == 303
+    PASSWORDS["changeling"] = first
+    before = Client(server, "changeling")
+    assert before.get("/api/me").json() == {"name": "changeling", "role": "viewer", "environments": ["staging"],
+                                             "token": False}
+
+    def change(role: str, environments: str, password: str) -> None:
+        page.goto(f"{server.url}/admin/users")
+        page.click("#change-changeling summary")
+        form = page.locator("#change-changeling form")
+        expect(form.locator("input[name=name]")).to_have_value("changeling")
+        form.locator("select[name=role]").select_option(role)
+        form.locator("input[name=environments]").fill(environments)
+        form.locator("input[name=password]").fill(password)
+        form.locator("button[type=submit]").click()
+        expect(page).to_have_url(f"{server.url}/admin/users")
+        expect(page.locator("#users tr", has_text="changeling")).to_contain_text(role)
+
+    sign_in(page, server, "admin")
+    expect(page.locator("#change-changeling form")).to_be_hidden()  # folded until asked for
+    change("deployer", "staging, fleet", second)
+    assert before.get("/api/me").status_code == 401  # its sessions ended
+    PASSWORDS["changeling"] = second
+    after = Client(server, "changeling")
+    assert after.get("/api/me").json()["role"] == "deployer"
+    assert [e["name"] for e in after.get("/api/environments").json()] == ["fleet", "staging"]
+
+    change("viewer", "staging", "")
+    assert after.get("/api/me").status_code == 401
+    assert Client(server, "changeling").get("/api/me").json()["role"] == "viewer"  # the second password still
+    audit = admin.get("/api/audit", params={"action": "user_update"}).json()
+    changes = [e for e in audit if e["target"] == "changeling"]
+    assert [e["detail"]["password_changed"] for e in changes[:2]] == [False, True], changes  # newest first

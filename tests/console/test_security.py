@@ -296,6 +296,10 @@ def test_a_scoped_admin_grants_nothing_wider_than_its_own_scope(server: Server, 
     assert "rootish" not in admin.get("/admin/users").text
     r = scoped.http.post(f"/admin/users/{_user_id(admin, 'admin')}/disable", data={"csrf": scoped.csrf})
     assert r.status_code == 403
+    # Nor change it from its row's form (an update with the password kept): its present scope is wider.
+    r = scoped.http.post("/admin/users", data={"csrf": scoped.csrf, "update": "1", "name": "admin", "role": "viewer",
+                                                "environments": "staging", "password": ""})
+    assert r.status_code == 303 and "error=" in r.headers["location"], r.headers["location"]
     assert admin.get("/api/me").status_code == 200  # the global admin's session lives on
     # Its own kind it may manage; the global admin may manage it.
     _add_user(scoped, "stageviewer", "viewer", "staging")
