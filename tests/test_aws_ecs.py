@@ -6,6 +6,7 @@ previous revision; teardown.yml removes it all. What moto cannot show is listed 
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,7 +68,29 @@ def environment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Moto
         variables = {**infra_vars(folder), "deploy_target": "ecs", "deploy_services": ROUTED}
         infra(endpoint, "infra", variables).check()
         outputs = yaml.safe_load((folder / "aws_outputs.yml").read_text())["aws_outputs"]
+        push_to_ecr("demo", [f"r{n}" for n in range(1, 10)])
         yield endpoint, {**variables, "aws_outputs": outputs}
+
+
+def push_to_ecr(repository: str, tags: list[str]) -> None:
+    """What the build's push leaves in the repository infra.yml made (aws_ecr_repositories): an image manifest
+    per tag, each with its own digest."""
+    ecr = boto3.client("ecr", region_name=REGION)
+    for tag in tags:
+        manifest = {"schemaVersion": 2, "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+                    "config": {"mediaType": "application/vnd.docker.container.image.v1+json", "size": 2,
+                               "digest": "sha256:" + hashlib.sha256(f"{repository}:{tag}".encode()).hexdigest()},
+                    "layers": []}
+        body = json.dumps(manifest)
+        ecr.put_image(repositoryName=repository, imageManifest=body, imageTag=tag,
+                      imageDigest="sha256:" + hashlib.sha256(body.encode()).hexdigest())
+
+
+def ecr_digest(image: str) -> str:
+    repository, tag = image.split(":")
+    found: str = boto3.client("ecr", region_name=REGION).describe_images(
+        repositoryName=repository, imageIds=[{"imageTag": tag}])["imageDetails"][0]["imageDigest"]
+    return found
 
 
 def deploy(endpoint: MotoEndpoint, variables: dict[str, Any], entry: str = "deploy.yml", **extra: object) -> Run:
@@ -132,6 +155,7 @@ def test_a_deploy_registers_the_release_runs_its_release_tasks_first_and_a_rollb
     first = service()["taskDefinition"]
     record = assert_recorded(0, "deploy", "r1", "ok", {"demo": "changed"})
     assert record["task_definitions"] == {"demo": first} and record["error"] == "", record
+    assert record["images"] == {"demo:r1": ecr_digest("demo:r1")} and ecr_digest("demo:r1") != ecr_digest("demo:r2")
     container = definition(first)["containerDefinitions"][0]
     assert container["image"] == f"{REGISTRY}/demo:r1"
     assert {"name": "DEMO_MAX_BODY", "value": "1048576"} in container["environment"]
@@ -202,6 +226,12 @@ def test_a_deploy_registers_the_release_runs_its_release_tasks_first_and_a_rollb
                         ({"dmeo": {"cpu": "512"}}, "aws_ecs_service_sizes names services deploy_services does not have: dmeo")):
         refused = deploy(endpoint, variables, release="r5", aws_ecs_service_sizes=sizes)
         assert refused.returncode != 0 and says in refused.output, (sizes, refused.output[-3000:])
+    assert endpoint.recorder.actions("RegisterTaskDefinition", "RunTask", "UpdateService") == []
+    assert len(audit_records()) == 4 and held_lock() is None
+
+    # A release whose image ECR does not have (never pushed, or a typo) is refused the same way, naming it.
+    refused = deploy(endpoint, variables, release="r10")
+    assert refused.returncode != 0 and f"ECR ({REGISTRY}) has no demo:r10" in refused.output, refused.output[-3000:]
     assert endpoint.recorder.actions("RegisterTaskDefinition", "RunTask", "UpdateService") == []
     assert len(audit_records()) == 4 and held_lock() is None
 
