@@ -34,6 +34,7 @@ MIDDLEWARE = [
     "fdweb.logs.RequestLogMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
+    "fdweb.sessions.UnavailableMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
@@ -79,7 +80,8 @@ CACHES = {
     "sessions": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": CONFIG.redis_url,
                  "KEY_PREFIX": "session", "OPTIONS": _REDIS_OPTIONS},
 }
-SESSION_ENGINE = "django.contrib.sessions.backends.cache"
+# Django's cache sessions, but a Redis error fails the request instead of signing its user out (fdweb/sessions.py).
+SESSION_ENGINE = "fdweb.sessions"
 SESSION_CACHE_ALIAS = "sessions"
 SESSION_COOKIE_AGE = 14 * 24 * 3600
 SESSION_COOKIE_HTTPONLY = True

@@ -10,6 +10,7 @@ import re
 import secrets
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -189,6 +190,27 @@ def test_readyz_is_503_while_redis_is_down_and_ready_again_after(app: App, backi
     # The sessions went with that Redis (it keeps nothing on disk here); a new one works in every worker.
     client = signed_in(app.web)
     assert [client.get("/api/me").status_code for _ in range(8)] == [200] * 8
+
+
+def test_a_redis_that_does_not_answer_fails_the_request_but_signs_nobody_out(app: App, backing: Backing) -> None:
+    """Redis paused (every command waits, past the web's 2 s socket timeout and its retries; its data stays): a signed-in
+    request answers 503 with Retry-After, JSON under /api/ and a page elsewhere, and does not touch the
+    session cookie; once Redis answers, the same browser is still signed in. (Django's own cache sessions
+    read the error as "no session", answered 401 and deleted the cookie: signed out for good.)"""
+    client = signed_in(app.web)
+    assert client.get("/api/me").json() == {"username": USER}
+    assert backing.redis_cli("client", "pause", "60000", "all") == "OK"
+    try:
+        paused = time.monotonic()
+        api, page = client.get("/api/me"), client.get("/uploads/")
+        print(f"two requests while Redis was paused: {time.monotonic() - paused:.1f} s")
+    finally:
+        assert backing.redis_cli("client", "unpause") == "OK"
+    assert (api.status_code, api.headers.get("retry-after"), api.json()) == (
+        503, "5", {"error": "sessions are unavailable for a moment; try again"}), api.text
+    assert page.status_code == 503 and 'id="sessions-unavailable"' in page.text, page.text[:500]
+    assert "sessionid" not in api.headers.get("set-cookie", "") + page.headers.get("set-cookie", "")
+    assert client.get("/api/me").json() == {"username": USER}
 
 
 def test_the_parcel_page_shows_the_history_or_a_clear_error_when_tracking_is_down(
