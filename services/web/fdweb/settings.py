@@ -34,7 +34,7 @@ MIDDLEWARE = [
     "fdweb.logs.RequestLogMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
-    "fdweb.sessions.UnavailableMiddleware",
+    "fdweb.unavailable.UnavailableMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",

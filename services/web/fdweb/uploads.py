@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 
+from botocore.exceptions import ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as S3ConnectionError
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.core.files.uploadedfile import UploadedFile
 from django.db.models import QuerySet
 
 from fdweb.models import Upload
+from fdweb.unavailable import StorageUnavailable
 
 
 class UploadRefused(ValueError):
@@ -27,9 +32,32 @@ def store(owner: AbstractBaseUser, upload: UploadedFile) -> Upload:
     name = (upload.name or "upload").rsplit("/", 1)[-1][:200]
     record = Upload(owner=owner, name=name, size=upload.size, sha256=digest.hexdigest(),
                     content_type=(upload.content_type or "application/octet-stream")[:100])
-    record.file.save(name, upload, save=False)  # S3 PutObject: raises if the store refuses
+    with storage_reachable():
+        record.file.save(name, upload, save=False)  # S3 PutObject: raises if the store refuses
     record.save()
     return record
+
+
+@contextmanager
+def storage_reachable() -> Iterator[None]:
+    """S3 not answering (no connection, a timeout, a 5xx after the client's retries) is StorageUnavailable,
+    which the request answers with 503; a refusal (a wrong key, a missing bucket) stays an error."""
+    try:
+        yield
+    except (S3ConnectionError, HTTPClientError) as error:
+        raise StorageUnavailable(str(error)) from error
+    except ClientError as error:
+        if error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) >= 500:
+            raise StorageUnavailable(str(error)) from error
+        raise
+
+
+def open_file(upload: Upload) -> object:
+    """The stored bytes of an upload, opened for reading (S3 asked now, so an outage is a 503 here)."""
+    with storage_reachable():
+        handle = upload.file.open("rb")
+        handle.size  # noqa: B018 (a HEAD request: the answer needs the length)
+    return handle
 
 
 def of(owner: AbstractBaseUser) -> QuerySet[Upload]:

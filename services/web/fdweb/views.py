@@ -43,7 +43,7 @@ def download(request: HttpRequest, upload_id: int) -> FileResponse:
         upload = uploads.get(request.user, upload_id)  # type: ignore[arg-type]
     except Upload.DoesNotExist:
         raise Http404("no such upload") from None
-    return FileResponse(upload.file.open("rb"), as_attachment=True, filename=upload.name,
+    return FileResponse(uploads.open_file(upload), as_attachment=True, filename=upload.name,
                         content_type=upload.content_type)
 
 

@@ -207,10 +207,101 @@ def test_a_redis_that_does_not_answer_fails_the_request_but_signs_nobody_out(app
     finally:
         assert backing.redis_cli("client", "unpause") == "OK"
     assert (api.status_code, api.headers.get("retry-after"), api.json()) == (
-        503, "5", {"error": "sessions are unavailable for a moment; try again"}), api.text
+        503, "5", {"error": "your session is unavailable for a moment; try again"}), api.text
     assert page.status_code == 503 and 'id="sessions-unavailable"' in page.text, page.text[:500]
     assert "sessionid" not in api.headers.get("set-cookie", "") + page.headers.get("set-cookie", "")
     assert client.get("/api/me").json() == {"username": USER}
+
+
+class Gate:
+    """A TCP relay on 127.0.0.1 to another port (here moto's S3), which the test shuts (connections are
+    refused, as to a store that is restarting) and opens again on the same port."""
+
+    def __init__(self, target: int) -> None:
+        self.target, self.port = target, 0
+        self._listener: socket.socket | None = None
+        self._open: list[socket.socket] = []
+        self.open()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def open(self) -> None:
+        listener = socket.socket()
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(("127.0.0.1", self.port))
+        listener.listen(64)
+        self.port, self._listener = listener.getsockname()[1], listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def shut(self) -> None:
+        assert self._listener is not None
+        self._listener.close()
+        for connection in self._open:
+            connection.close()
+        self._open.clear()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            self._open += [client, upstream]
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(source, sink), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (source, sink):
+                try:
+                    end.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
+def test_an_object_store_that_does_not_answer_fails_uploads_with_503_and_loses_none(fleet: Fleet,
+                                                                                   s3: MotoEndpoint) -> None:
+    """S3 refusing connections (as a store that restarts): an upload answers 503 with Retry-After, and so does
+    a download, instead of a 500; the upload is not recorded; once S3 answers, the same browser uploads it
+    again, and every acknowledged upload comes back byte for byte."""
+    gate = Gate(int(s3.url.rsplit(":", 1)[1]))
+    web = fleet.start("store", web_port(3), S3_ENDPOINT_URL=gate.url)
+    try:
+        client = signed_in(web)
+        bodies = [secrets.token_bytes(5000), secrets.token_bytes(7000)]
+
+        def upload(body: bytes) -> httpx.Response:
+            return client.post("/api/uploads", files={"file": ("gate.bin", body, "application/octet-stream")},
+                               headers={"X-CSRFToken": client.cookies["csrftoken"]})
+
+        first = upload(bodies[0])
+        assert first.status_code == 201, first.text
+        gate.shut()
+        refused, download = upload(bodies[1]), client.get(first.json()["download"])
+        for answer in (refused, download):
+            assert (answer.status_code, answer.headers.get("retry-after"), answer.json()) == (
+                503, "5", {"error": "the file store is unavailable for a moment; try again"}), answer.text[:300]
+        page = client.get("/uploads/")
+        assert page.status_code == 200 and "gate.bin" in page.text  # the list is the database's
+        gate.open()
+        second = upload(bodies[1])
+        assert second.status_code == 201, second.text
+        listed = [u["id"] for u in client.get("/api/uploads").json()["uploads"] if u["name"] == "gate.bin"]
+        assert sorted(listed) == sorted([first.json()["id"], second.json()["id"]])
+        for answer, body in ((first, bodies[0]), (second, bodies[1])):
+            assert client.get(answer.json()["download"]).content == body
+    finally:
+        gate.shut()
+        web.remove()
 
 
 def test_the_parcel_page_shows_the_history_or_a_clear_error_when_tracking_is_down(
