@@ -225,6 +225,11 @@ def me(who: Principal = Depends(api_principal)) -> dict[str, Any]:
     return {"name": who.name, "role": who.role, "environments": who.environments, "token": who.via_token}
 
 
+@api.get("/schedules", summary="The schedules of the environments this principal sees, with their next run (UTC)")
+def schedules(request: Request, who: Principal = Depends(viewer)) -> list[dict[str, Any]]:
+    return console_of(request).schedules(who)
+
+
 @api.get("/environments", summary="Environments (inventories) this principal sees")
 def environments(request: Request, who: Principal = Depends(viewer)) -> list[dict[str, Any]]:
     console = console_of(request)
@@ -459,7 +464,9 @@ def create_app(config: Config, console: Console | None = None) -> FastAPI:
         if interrupted:
             log.warning("jobs %s were left running by a previous console: marked interrupted", interrupted)
         await asyncio.to_thread(console.jobs.prune)
+        console.scheduler.start()
         yield
+        await asyncio.to_thread(console.scheduler.stop)
         stopped = await asyncio.to_thread(console.jobs.shutdown)
         if stopped:
             log.warning("stopped jobs %s on shutdown: marked interrupted", stopped)

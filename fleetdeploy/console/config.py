@@ -10,6 +10,8 @@ from typing import Any
 import jsonschema
 import yaml
 
+from fleetdeploy.console.schedule import Cron, CronError, Schedule
+
 REPO = Path(__file__).resolve().parents[2]
 
 # Docker's own rule for a tag: the release and every per-service override must match it.
@@ -82,6 +84,8 @@ class Environment:
     # once), and how long such a launch may wait before it expires.
     approval_actions: tuple[str, ...] = ()
     approval_timeout_minutes: float = 60.0
+    # The actions launched here by themselves, at the minutes of a cron expression (console/schedule.py).
+    schedules: tuple[Schedule, ...] = ()
 
     def needs_approval(self, action: str) -> bool:
         return action in self.approval_actions
@@ -217,6 +221,24 @@ _SCHEMA: dict[str, Any] = {
                                         "items": {"type": "string", "minLength": 1}},
                             "timeout_minutes": {"type": "number", "exclusiveMinimum": 0,
                                                 "maximum": MAX_APPROVAL_MINUTES},
+                        },
+                    },
+                    # Actions launched by themselves at the minutes (UTC) of `cron`, as an admin of this
+                    # environment: release and extra_vars as a launch gives them.
+                    "schedules": {
+                        "type": "array",
+                        "maxItems": 50,
+                        "items": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "required": ["name", "action", "cron"],
+                            "properties": {
+                                "name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,47}$"},
+                                "action": {"type": "string", "minLength": 1},
+                                "cron": {"type": "string"},
+                                "release": {"type": "string"},
+                                "extra_vars": {"type": "object"},
+                            },
                         },
                     },
                 },
@@ -388,6 +410,21 @@ def load(path: Path | None, database: str | None = None, data_dir: Path | None =
         )
 
     for name, env in raw.get("environments", {}).items():
+        schedules = []
+        for index, entry in enumerate(env.get("schedules", [])):
+            where = f"environments/{name}/schedules/{index}"
+            if entry["action"] not in actions:
+                raise ConfigError(f"{where}/action: unknown action {entry['action']!r} (known: {', '.join(actions)})")
+            try:
+                cron = Cron.parse(entry["cron"])
+            except CronError as exc:
+                raise ConfigError(f"{where}/cron: {exc}") from exc
+            schedules.append(Schedule(entry["name"], name, entry["action"], cron, entry.get("release"),
+                                      entry.get("extra_vars", {})))
+        names = [s.name for s in schedules]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"environments/{name}/schedules: two schedules have one name")
+        environments[name] = replace(environments[name], schedules=tuple(schedules))
         if "approval" not in env:
             continue
         needing = env["approval"].get("actions", list(actions))

@@ -34,6 +34,7 @@ from fleetdeploy.console.jobs import FINAL, PENDING, JobManager, job_dict
 from fleetdeploy.console.notify import Notifier
 from fleetdeploy.console.redact import MASK, secret_key
 from fleetdeploy.console.registry import RegistryClient, RegistryError
+from fleetdeploy.console.schedule import Schedule, Scheduler
 from fleetdeploy.console.security import (
     ROLES,
     TOKEN_ROLES,
@@ -152,6 +153,7 @@ class Console:
         self.jobs = JobManager(config, self.sessions, self.notifier)
         self.registry = RegistryClient(config.registry) if config.registry else None
         self.limiter = LoginLimiter(config.login_attempts, config.login_window_seconds)
+        self.scheduler = Scheduler(self)
 
     # ----- audit ------------------------------------------------------------------------------
 
@@ -666,8 +668,26 @@ class Console:
                     "pending": [job_dict(j) for j in db.scalars(select(Job).where(
                         Job.environment == name, Job.status == PENDING).order_by(Job.id))],
                     "alerts": [alert_dict(a) for a in firing if a.environment in (name, None)],
+                    "schedules": self.schedules(who, name),
                 })
         return out
+
+    # ----- schedules ----------------------------------------------------------------------------
+
+    def schedules(self, who: Principal, environment: str | None = None) -> list[dict[str, Any]]:
+        """The schedules of the environments this principal sees, each with the next minute it fires (UTC)."""
+        at = dt.datetime.now(dt.timezone.utc)
+        return [{"environment": s.environment, "name": s.name, "action": s.action, "cron": s.cron.text,
+                 "release": s.release, "actor": s.actor, "next_run": _iso(s.cron.next_after(at))}
+                for env in self.config.environments.values() if who.sees(env.name)
+                and environment in (None, env.name) for s in env.schedules]
+
+    def record_schedule_skip(self, schedule: Schedule, reason: str) -> None:
+        """A schedule's minute that launched nothing (another job ran, a release went missing): audited."""
+        with self.sessions() as db:
+            self.audit(db, schedule.actor, "schedule_skip", schedule.name, environment=schedule.environment,
+                       action=schedule.action, reason=reason[:500])
+            db.commit()
 
     def receive_alerts(self, payload: dict[str, Any]) -> int:
         """Store an Alertmanager webhook (version 4): firing alerts upserted, resolved ones closed."""
@@ -713,6 +733,10 @@ def _elapsed(job: dict[str, Any]) -> float | None:
         return None
     end = dt.datetime.fromisoformat(job["finished_at"]) if job["finished_at"] else now()
     return max(0.0, (end - dt.datetime.fromisoformat(job["started_at"])).total_seconds())
+
+
+def _iso(when: dt.datetime | None) -> str | None:
+    return when.isoformat(timespec="minutes") if when else None
 
 
 def _clip(value: Any, length: int) -> str | None:
