@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -55,9 +57,16 @@ class Traffic:
                              "p99_ms": round(pick(99) * 1000, 1)}
         return figures
 
+    def failure_kinds(self) -> dict[str, int]:
+        """The failures counted by what failed (the request and its status or error, without time or body)."""
+        kinds = Counter(re.sub(r"^\S+ ", "", failure).split(" '")[0].split(" after ")[0][:120]
+                        for failure in list(self.failures))
+        return dict(kinds.most_common(12))
+
     def summary(self) -> dict[str, object]:
         return {"requests": self.requests, "rate_per_s": round(self.rate, 1), "failures": len(self.failures),
-                "first_failures": self.failures[:5], "uploads": len(self.uploads)}
+                "first_failures": self.failures[:5], "failure_kinds": self.failure_kinds(),
+                "uploads": len(self.uploads)}
 
 
 def _expect(answer: httpx.Response, status: int, marker: str = "") -> str | None:
@@ -80,6 +89,13 @@ def _upload(client: httpx.Client, traffic: Traffic, lock: threading.Lock) -> str
         with lock:
             traffic.uploads[stored["download"]] = stored["sha256"]
     return problem
+
+
+def _request_of(error: httpx.HTTPError) -> str:
+    try:
+        return f"{error.request.method} {error.request.url.path}: "
+    except RuntimeError:  # an error raised before any request was made
+        return ""
 
 
 # (kind, request): the mix each connection goes round; a kind names the service that answers it.
@@ -144,7 +160,7 @@ class AppTraffic:
             try:
                 problem = request(client, self.result, self._lock)
             except httpx.HTTPError as error:
-                problem = f"{kind}: {type(error).__name__}: {error}"
+                problem = f"{kind}: {_request_of(error)}{type(error).__name__}: {error} after {time.monotonic() - started:.1f} s"
             latency = time.monotonic() - started
             with self._lock:
                 self.result.requests += 1
