@@ -711,12 +711,18 @@ def test_with_an_alb_each_host_leaves_its_target_groups_before_its_containers_ch
 
 
 def test_a_deploy_longer_than_its_lock_ttl_keeps_its_lock_and_refuses_a_second(lab: Lab) -> None:
-    """A TTL of 15 s and one host swap that drains for 60 s: the heartbeat renews the lock every 5 s, so a
-    second deploy started once the lock is older than its TTL is refused while the first runs, and the
-    first finishes cleanly and gives the lock back."""
+    """A TTL of 15 s and one host swap whose drain waits (up to 60 s) for a request the test keeps in flight
+    to the old container (a connection to its port, the request's headers never finished): the heartbeat
+    renews the lock every 5 s, so a second deploy started once the lock is older than its TTL is refused
+    while the first runs; then the test lets the request go, the drain ends, and the first deploy finishes
+    cleanly and gives the lock back."""
     ttl = 15
     target = "v1" if lab.release_on("app1") == "v2" else "v2"
     before = lab.audit()
+    # On app1, to both of demo's host ports: only the running container's answers (the other is free).
+    lab.client.containers.get(f"{LAB}-lab-app1").exec_run(["bash", "-c", (
+        "for port in 8001 8002; do (exec 3<>/dev/tcp/127.0.0.1/$port && printf 'GET / HTTP/1.1\\r\\n' >&3 "
+        "&& exec sleep 301) 2>/dev/null & done; wait")], detach=True)
     first = subprocess.Popen(
         [str(VENV_BIN / "ansible-playbook"), "deploy.yml", "-i", str(lab.inventory), "--limit", "app1,ops1",
          "-e", json.dumps({"release": target, "deploy_lock_ttl": ttl, "deploy_drain_seconds": 60})],
@@ -734,6 +740,7 @@ def test_a_deploy_longer_than_its_lock_ttl_keeps_its_lock_and_refuses_a_second(l
         still_running = first.poll() is None
         renewed = lab.lock()
     finally:
+        lab.exec("app1", "pkill", "-f", "^sleep 301")  # the request in flight goes: the drain ends
         output = first.communicate(timeout=1200)[0]
     assert still_running, "the first deploy ended before the second asked for the lock: the test proves nothing"
     assert second.returncode != 0
