@@ -53,10 +53,11 @@ def storage_reachable() -> Iterator[None]:
 
 
 def open_file(upload: Upload) -> object:
-    """The stored bytes of an upload, opened for reading (S3 asked now, so an outage is a 503 here)."""
+    """The stored bytes of an upload, opened for reading. django-storages fetches the object on its first
+    read; that is done here, so an S3 outage is a 503 here rather than a 500 once the answer has begun."""
     with storage_reachable():
         handle = upload.file.open("rb")
-        handle.size  # noqa: B018 (a HEAD request: the answer needs the length)
+        handle.seek(0)  # the GET (into a spooled temporary file)
     return handle
 
 

@@ -22,13 +22,15 @@ def read_static_manifest() -> None:
     it from S3 on its first page, which then waited on S3 (up to the client's read timeout, per attempt).
     Read here, it is read once, and the workers inherit it. A manifest that cannot be read, or is not there,
     stops the start with one line rather than failing every page later; DEBUG serves names without hashes
-    and needs none."""
+    and needs no manifest, but S3 must answer (the storage asks for it all the same)."""
     options = settings.STORAGES["staticfiles"]["OPTIONS"]
     where = f"s3://{options['bucket_name']}/{options['location']}/{S3ManifestStaticStorage.manifest_name}"
     try:
         hashed = staticfiles_storage.hashed_files
     except (BotoCoreError, ClientError) as error:
         cannot_start(f"the static manifest {where} could not be read: {error}")
+    except ValueError as error:  # Django's "Couldn't load manifest" for a file that is not one
+        cannot_start(f"the static manifest {where} is not one collectstatic wrote: {error}")
     if not hashed and not settings.DEBUG:
         cannot_start(f"no static manifest at {where}: run the release task `manage.py collectstatic --noinput` first")
     # The workers must not share the master's connection to S3 (one socket, several processes); they never
