@@ -419,8 +419,11 @@ def load(path: Path | None, database: str | None = None, data_dir: Path | None =
                 cron = Cron.parse(entry["cron"])
             except CronError as exc:
                 raise ConfigError(f"{where}/cron: {exc}") from exc
-            schedules.append(Schedule(entry["name"], name, entry["action"], cron, entry.get("release"),
-                                      entry.get("extra_vars", {})))
+            schedule = Schedule(entry["name"], name, entry["action"], cron, entry.get("release"),
+                                entry.get("extra_vars", {}))
+            if len(schedule.actor) > 64:  # the jobs' and audit entries' column
+                raise ConfigError(f"{where}/name: {schedule.actor} is over 64 characters; shorten the name")
+            schedules.append(schedule)
         names = [s.name for s in schedules]
         if len(set(names)) != len(names):
             raise ConfigError(f"environments/{name}/schedules: two schedules have one name")

@@ -70,8 +70,9 @@ class Cron:
             raise CronError(f"{text!r} has {len(parts)} fields; a cron expression has five: "
                             "minute hour day-of-month month day-of-week")
         minutes, hours, days, months, weekdays = (_field(p, *f) for p, f in zip(parts, _FIELDS))
+        # As cron does, a day field that starts with * (*, */2) counts as unrestricted.
         return cls(text, minutes, hours, days, months, frozenset(d % 7 for d in weekdays),
-                   parts[2] == "*", parts[4] == "*")
+                   parts[2].startswith("*"), parts[4].startswith("*"))
 
     def _day(self, when: dt.datetime) -> bool:
         weekday = (when.weekday() + 1) % 7  # cron counts from Sunday
@@ -147,7 +148,12 @@ class Scheduler:
                 return
             for schedule in self.schedules:
                 if schedule.cron.matches(minute):
-                    self.fire(schedule)
+                    try:
+                        self.fire(schedule)
+                    except Exception:  # even its audit entry failed (the database away): the next minute tries again
+                        log.exception("schedule %s failed, and so did its audit entry", schedule.actor)
+            # A minute that ended during a slow launch is not made up: go on from the present one.
+            minute = max(minute, dt.datetime.now(dt.timezone.utc).replace(second=0, microsecond=0))
 
     def fire(self, schedule: Schedule) -> int | None:
         """Launch the schedule's job now; a refusal (a job running, a bad release) is audited, not raised."""
@@ -155,6 +161,10 @@ class Scheduler:
         from fleetdeploy.console.security import Principal
 
         who = Principal(schedule.actor, "admin", (schedule.environment,))
+        waiting = self.console.open_job_of(schedule.actor, schedule.environment)
+        if waiting is not None:  # e.g. one still pending for an approval: never a pile of them
+            self.console.record_schedule_skip(schedule, f"its job {waiting} has not ended yet")
+            return None
         try:
             request = self.console.validate_launch(who, schedule.environment, schedule.action, schedule.release,
                                                    dict(schedule.extra_vars))

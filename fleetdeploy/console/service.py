@@ -254,6 +254,8 @@ class Console:
         """Create a user (or, with `update`, change its role, scope and password, which ends its sessions; an
         empty password on an update keeps the one it has)."""
         keep_password = update and password == ""
+        if name.startswith(("schedule:", "token:")):
+            raise ConsoleError(422, "a user's name may not start with schedule: or token: (the console's own actors)")
         if not name or len(name) > 64 or name != name.strip() or role not in ROLES or (
                 len(password) < MIN_PASSWORD and not keep_password):
             raise ConsoleError(422, f"a user needs a name, a role ({', '.join(ROLES)}) and a password of at least "
@@ -681,6 +683,12 @@ class Console:
                  "release": s.release, "actor": s.actor, "next_run": _iso(s.cron.next_after(at))}
                 for env in self.config.environments.values() if who.sees(env.name)
                 and environment in (None, env.name) for s in env.schedules]
+
+    def open_job_of(self, actor: str, environment: str) -> int | None:
+        """The id of a job `actor` launched on `environment` that has not ended (pending, queued, running)."""
+        with self.sessions() as db:
+            return db.scalar(select(Job.id).where(Job.launched_by == actor, Job.environment == environment,
+                                                  Job.status.not_in(FINAL)).limit(1))
 
     def record_schedule_skip(self, schedule: Schedule, reason: str) -> None:
         """A schedule's minute that launched nothing (another job ran, a release went missing): audited."""

@@ -3,7 +3,8 @@ of a cron expression, as an admin of that environment only, through the checks a
 
 A console of its own, beside the shared one: on `fleet` a deploy of v1.2.0 every minute; on `staging` a
 deploy of a release the registry does not have, every minute (each minute refused, and audited), and one
-for 31 February (never). The test waits for the next minute to come: up to 60 s, plus the job's run.
+for 31 February (never); on `gated`, whose deploys wait for an approval, a deploy every minute (one
+pending job, then skipped minutes). The test waits for two minutes to come: up to about 2.5 min.
 """
 
 from __future__ import annotations
@@ -23,12 +24,15 @@ SCHEDULES = {
                "extra_vars": {"fixture_step": 0}}],
     "staging": [{"name": "missing-release", "action": "deploy", "cron": "* * * * *", "release": "v9.9.9"},
                 {"name": "leap", "action": "deploy", "cron": "0 0 31 2 *", "release": "v1.2.0"}],
+    "gated": [{"name": "every-minute", "action": "deploy", "cron": "* * * * *", "release": "v1.2.0"}],
 }
 
 
 def config_with(root: Path, registry: FakeRegistry, schedules: dict[str, list[dict[str, Any]]]) -> Path:
     config = write_config(root, registry.url, None)
     data = json.loads(config.read_text())
+    # Deploys here wait for a second person: a schedule's pending job must not be joined by another.
+    data["environments"]["gated"] = {"inventory": "inventories/fleet", "approval": {"actions": ["deploy"]}}
     for environment, entries in schedules.items():
         data["environments"][environment]["schedules"] = entries
     config.write_text(json.dumps(data))
@@ -50,10 +54,11 @@ def scheduled(tmp_path_factory: pytest.TempPathFactory, registry: FakeRegistry) 
 
 def test_a_schedule_launches_its_job_at_its_minute_and_a_refused_minute_is_audited(scheduled: Server) -> None:
     admin = Client(scheduled, "admin")
-    listed = {s["name"]: s for s in admin.get("/api/schedules").json()}
-    assert set(listed) == {"every-minute", "missing-release", "leap"}
-    assert listed["leap"]["next_run"] is None and listed["every-minute"]["next_run"].endswith("+00:00")
-    assert listed["every-minute"]["actor"] == "schedule:fleet/every-minute"
+    listed = {s["actor"]: s for s in admin.get("/api/schedules").json()}
+    assert sorted(listed) == ["schedule:fleet/every-minute", "schedule:gated/every-minute",
+                              "schedule:staging/leap", "schedule:staging/missing-release"]
+    assert listed["schedule:staging/leap"]["next_run"] is None
+    assert listed["schedule:fleet/every-minute"]["next_run"].endswith("+00:00")
     page = admin.get("/").text
     assert "Scheduled: deploy v1.2.0 at <code>* * * * *</code>" in page
 
@@ -69,12 +74,21 @@ def test_a_schedule_launches_its_job_at_its_minute_and_a_refused_minute_is_audit
     while not (skips := admin.get("/api/audit", params={"action": "schedule_skip"}).json()):
         assert time.monotonic() < deadline, "the refused schedule left no audit entry"
         time.sleep(1)
-    assert skips[0]["actor"] == "schedule:staging/missing-release"
-    assert "not in the registry" in skips[0]["detail"]["reason"], skips[0]
+    missing = [e for e in skips if e["actor"] == "schedule:staging/missing-release"]
+    assert missing and "not in the registry" in missing[0]["detail"]["reason"], skips
     assert not [j for j in admin.get("/api/jobs", params={"environment": "staging"}).json()
                 if j["launched_by"].startswith("schedule:")]
     launches = admin.get("/api/audit", params={"action": "job_launch", "actor": "schedule:fleet/every-minute"}).json()
     assert launches and launches[-1]["detail"]["environment"] == "fleet"
+
+    # On the gated environment the first minute left a pending job; the next ones launch nothing more.
+    while not (waits := [e for e in admin.get("/api/audit", params={"action": "schedule_skip"}).json()
+                         if e["actor"] == "schedule:gated/every-minute"]):
+        assert time.monotonic() < deadline + 60, "the gated schedule never skipped a minute"
+        time.sleep(1)
+    pending = [j for j in admin.get("/api/jobs", params={"environment": "gated"}).json()]
+    assert [j["status"] for j in pending] == ["pending"], pending
+    assert waits[0]["detail"]["reason"] == f"its job {pending[0]['id']} has not ended yet", waits[0]
 
     # A person scoped to staging sees staging's schedules only.
     stager = Client(scheduled, "stager")

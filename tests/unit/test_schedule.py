@@ -29,6 +29,8 @@ def at(text: str) -> dt.datetime:
     # Both day fields restricted: either matches (the 13th, or any Friday).
     ("0 0 13 * 5", "2026-12-04 00:00:00", "2026-12-11 00:00"),
     ("0 0 13 * 5", "2026-12-11 00:00:00", "2026-12-13 00:00"),
+    # A day field starting with * counts as unrestricted, as in cron: odd days that are Mondays.
+    ("0 0 */2 * 1", "2026-12-04 00:00:00", "2026-12-07 00:00"),
 ])
 def test_the_next_minute_is_the_one_worked_out_by_hand(expression: str, after: str, expected: str) -> None:
     cron = Cron.parse(expression)
