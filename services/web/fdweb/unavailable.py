@@ -48,12 +48,14 @@ class UnavailableMiddleware:
         return self.get_response(request)
 
     def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
-        if not isinstance(exception, Unavailable):
-            return None
-        if request.path.startswith("/api/"):
-            response: HttpResponse = JsonResponse(
-                {"error": f"{exception.what} is unavailable for a moment; try again"}, status=503)
-        else:
-            response = HttpResponse(exception.page(), status=503)
-        response["Retry-After"] = RETRY_AFTER_SECONDS
-        return response
+        return unavailable_response(request, exception) if isinstance(exception, Unavailable) else None
+
+
+def unavailable_response(request: HttpRequest, exception: Unavailable) -> HttpResponse:
+    if request.path.startswith("/api/"):
+        response: HttpResponse = JsonResponse(
+            {"error": f"{exception.what} is unavailable for a moment; try again"}, status=503)
+    else:
+        response = HttpResponse(exception.page(), status=503)
+    response["Retry-After"] = RETRY_AFTER_SECONDS
+    return response

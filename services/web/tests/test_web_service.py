@@ -194,16 +194,21 @@ def test_readyz_is_503_while_redis_is_down_and_ready_again_after(app: App, backi
 
 def test_a_redis_that_does_not_answer_fails_the_request_but_signs_nobody_out(app: App, backing: Backing) -> None:
     """Redis paused (every command waits, past the web's 2 s socket timeout and its retries; its data stays): a signed-in
-    request answers 503 with Retry-After, JSON under /api/ and a page elsewhere, and does not touch the
+    request, and a sign-in, answer 503 with Retry-After, JSON under /api/ and a page elsewhere, and does not touch the
     session cookie; once Redis answers, the same browser is still signed in. (Django's own cache sessions
     read the error as "no session", answered 401 and deleted the cookie: signed out for good.)"""
     client = signed_in(app.web)
     assert client.get("/api/me").json() == {"username": USER}
+    newcomer = httpx.Client(base_url=app.web.url, timeout=30)
+    newcomer.get("/accounts/login/").raise_for_status()  # no session yet: only the CSRF cookie
+    sign_in = {"username": USER, "password": PASSWORD, "csrfmiddlewaretoken": newcomer.cookies["csrftoken"]}
     assert backing.redis_cli("client", "pause", "60000", "all") == "OK"
     try:
         paused = time.monotonic()
         api, page = client.get("/api/me"), client.get("/uploads/")
-        print(f"two requests while Redis was paused: {time.monotonic() - paused:.1f} s")
+        # Signing in creates a session: Django let that Redis error through, a 500.
+        refused = newcomer.post("/accounts/login/", data=sign_in)
+        print(f"three requests while Redis was paused: {time.monotonic() - paused:.1f} s")
     finally:
         assert backing.redis_cli("client", "unpause") == "OK"
     assert (api.status_code, api.headers.get("retry-after"), api.json()) == (
@@ -211,6 +216,10 @@ def test_a_redis_that_does_not_answer_fails_the_request_but_signs_nobody_out(app
     assert page.status_code == 503 and 'id="sessions-unavailable"' in page.text, page.text[:500]
     assert "sessionid" not in api.headers.get("set-cookie", "") + page.headers.get("set-cookie", "")
     assert client.get("/api/me").json() == {"username": USER}
+    assert (refused.status_code, refused.headers.get("retry-after")) == (503, "5"), refused.text[:500]
+    assert 'id="sessions-unavailable"' in refused.text and "sessionid" not in refused.headers.get("set-cookie", "")
+    signed = newcomer.post("/accounts/login/", data=sign_in)
+    assert signed.status_code == 302 and newcomer.get("/api/me").json() == {"username": USER}
 
 
 class Gate:
