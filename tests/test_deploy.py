@@ -526,6 +526,46 @@ def test_nginx_refusing_a_new_upstream_gets_the_old_one_back_and_keeps_serving(l
     assert lab.release_on("app1") == "v2"
 
 
+def test_moving_nginx_to_a_new_upstream_returns_once_its_old_workers_take_no_more_requests(lab: Lab) -> None:
+    """`systemctl reload nginx` returns once the master is signalled, before it has read the new upstream and
+    told its workers to stop; the drain after the move takes a worker that is not shutting down for one that
+    takes no requests, so the move must not return before each old worker has exited or is shutting down.
+    nginx's master is held stopped across the reload (8 s, then let go from the host) to widen that window."""
+    upstream = "/etc/nginx/fleetdeploy/upstreams/demo.conf"
+    before = lab.read("app1", "cat", upstream)
+    master = lab.read("app1", "cat", "/run/nginx.pid").strip()
+
+    def accepting(pids: list[str]) -> list[str]:
+        return [pid for pid in pids
+                if lab.exec("app1", "cat", f"/proc/{pid}/cmdline").rstrip("\0 ") == "nginx: worker process"]
+
+    workers = accepting(lab.read("app1", "pgrep", "-P", master).split())
+    assert workers, lab.exec("app1", "ps", "-eo", "pid,ppid,args")
+    role = REPO / "roles" / "app_release"
+
+    def move(content: str) -> Run:
+        return run_command([str(VENV_BIN / "ansible"), "app1", "-i", str(lab.inventory), "--become",
+                            "-M", str(role / "library"), "-m", "fleetdeploy_nginx_upstream",
+                            "-a", json.dumps({"path": upstream, "content": content})],
+                           ANSIBLE_MODULE_UTILS=str(role / "module_utils"),
+                           ANSIBLE_VAULT_PASSWORD_FILE=str(lab.vault_password_file))
+
+    host = lab.client.containers.get(f"{LAB}-lab-app1")
+    lab.exec("app1", "kill", "-STOP", master)
+    host.exec_run(["sh", "-c", f"sleep 8; kill -CONT {master}"], detach=True)
+    try:
+        moved = move(before + "# moved by the reload test\n")
+        # Read while the master may still be stopped: the old code returned with every worker taking requests.
+        still = accepting(workers)
+    finally:
+        lab.exec("app1", "kill", "-CONT", master)
+    assert moved.returncode == 0, moved.output
+    assert still == [], (still, lab.exec("app1", "ps", "-eo", "pid,ppid,args"))
+    assert f"old_workers: {len(workers)}" in moved.output, moved.output
+    assert move(before).returncode == 0
+    assert lab.release_on("app1") == "v2"
+
+
 def test_an_unhealthy_release_fails_clearly_and_the_fleet_keeps_serving(lab: Lab) -> None:
     before = lab.audit()
     run, load = lab.under_load("deploy.yml", release="bad", deploy_health_timeout=10)

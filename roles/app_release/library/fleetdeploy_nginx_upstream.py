@@ -11,6 +11,10 @@ description:
   - Writes O(content) to O(path) (a temporary file in the same folder, renamed), runs C(nginx -t),
     and on success reloads nginx through systemd (starting it if it is not running): new workers take the new upstream, old ones finish
     the requests they hold.
+  - Returns once every worker nginx had before the reload has exited or says it is shutting down.
+    C(systemctl reload) returns as soon as the master is signalled, before it has read the new file and
+    told its workers to stop; a drain that started then could take old workers that are still accepting
+    requests for idle ones and stop the old container under them.
   - If C(nginx -t) fails the file it replaced is put back (or the new one removed), nginx is not
     reloaded, and the module fails with nginx's own message. The running nginx never sees the change.
   - Nothing is written or reloaded when the file already has that content.
@@ -29,6 +33,15 @@ options:
     description: The file's permissions.
     default: "0644"
     type: str
+  pid_file:
+    description: Where nginx's master writes its process id.
+    default: /run/nginx.pid
+    type: path
+  reload_timeout:
+    description: Seconds to wait for the old workers to stop taking requests after the reload; the module
+      fails past them (the new upstream may not be in use).
+    default: 10
+    type: float
 """
 
 RETURN = r"""
@@ -36,12 +49,58 @@ reloaded:
   description: Whether nginx was reloaded.
   type: bool
   returned: always
+old_workers:
+  description: How many workers nginx had before the reload; each has exited or is shutting down.
+  type: int
+  returned: always
 """
 
 import os
+import time
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.fleetdeploy_files import write_file
+
+
+WORKER = b"nginx: worker process"
+
+
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except OSError:  # the process has exited, or never was
+        return b""
+
+
+def accepting_workers(pid_file: str) -> set[int]:
+    """The nginx master's workers that still take new requests (not those shutting down)."""
+    master = _read(pid_file).strip()
+    if not master.isdigit():
+        return set()
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        # /proc/PID/stat: "pid (comm) state ppid ..."; comm may hold spaces, so split after its ")".
+        fields = _read(f"/proc/{entry}/stat").rpartition(b")")[2].split()
+        if len(fields) > 1 and fields[1] == master and _read(f"/proc/{entry}/cmdline").rstrip(b"\0 ") == WORKER:
+            found.add(int(entry))
+    return found
+
+
+def wait_replaced(module: AnsibleModule, old: set[int], timeout: float) -> None:
+    """Wait until none of `old` still takes requests: each has exited or renamed itself "... is shutting down"."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = {pid for pid in old if _read(f"/proc/{pid}/cmdline").rstrip(b"\0 ") == WORKER}
+        if not left:
+            return
+        if time.monotonic() >= deadline:
+            module.fail_json(msg=f"nginx was reloaded but {len(left)} of its {len(old)} workers still take requests "
+                                 f"after {timeout:g} s: the new upstream may not be in use", reloaded=True,
+                             old_workers=len(old))
+        time.sleep(0.05)
 
 
 def main() -> None:
@@ -50,6 +109,8 @@ def main() -> None:
             "path": {"type": "path", "required": True},
             "content": {"type": "str", "required": True},
             "mode": {"type": "str", "default": "0644"},
+            "pid_file": {"type": "path", "default": "/run/nginx.pid"},
+            "reload_timeout": {"type": "float", "default": 10},
         },
         supports_check_mode=True,
     )
@@ -64,9 +125,9 @@ def main() -> None:
     except FileNotFoundError:
         before = None
     if before == content:
-        module.exit_json(changed=False, reloaded=False)
+        module.exit_json(changed=False, reloaded=False, old_workers=0)
     if module.check_mode:
-        module.exit_json(changed=True, reloaded=False)
+        module.exit_json(changed=True, reloaded=False, old_workers=0)
     write_file(path, content, mode)
     rc, out, err = module.run_command(["nginx", "-t"])
     if rc != 0:
@@ -76,10 +137,12 @@ def main() -> None:
             write_file(path, before, mode)
         module.fail_json(msg=f"nginx -t refused the new {path}, so it was put back and nginx kept running as it was: "
                              f"{(err or out).strip()}")
+    old = accepting_workers(module.params["pid_file"])
     rc, out, err = module.run_command(["systemctl", "reload-or-restart", "nginx"])
     if rc != 0:
         module.fail_json(msg=f"systemctl reload-or-restart nginx failed: {(err or out).strip()}", reloaded=False)
-    module.exit_json(changed=True, reloaded=True)
+    wait_replaced(module, old, module.params["reload_timeout"])
+    module.exit_json(changed=True, reloaded=True, old_workers=len(old))
 
 
 if __name__ == "__main__":
