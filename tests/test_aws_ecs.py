@@ -157,7 +157,9 @@ def test_a_deploy_registers_the_release_runs_its_release_tasks_first_and_a_rollb
     assert record["task_definitions"] == {"demo": first} and record["error"] == "", record
     assert record["images"] == {"demo:r1": ecr_digest("demo:r1")} and ecr_digest("demo:r1") != ecr_digest("demo:r2")
     container = definition(first)["containerDefinitions"][0]
-    assert container["image"] == f"{REGISTRY}/demo:r1"
+    # By digest: a tag pushed again later does not change what this revision runs.
+    assert container["image"] == f"{REGISTRY}/demo@{ecr_digest('demo:r1')}", container["image"]
+    assert container["dockerLabels"] == {"org.fleetdeploy.image": f"{REGISTRY}/demo:r1"}
     assert {"name": "DEMO_MAX_BODY", "value": "1048576"} in container["environment"]
     assert container["secrets"] == [{"name": "DEMO_TOKEN", "valueFrom": (
         f"arn:aws:ssm:{REGION}:123456789012:parameter/fleetdeploy/staging/ecs/secrets/demo/DEMO_TOKEN")}]
@@ -183,7 +185,8 @@ def test_a_deploy_registers_the_release_runs_its_release_tasks_first_and_a_rollb
     deploy(endpoint, variables, release="r2",
            aws_ecs_service_sizes={"demo": {"cpu": "512", "memory": "2048", "desired_count": 3}}).check()
     second = service()["taskDefinition"]
-    assert second != first and definition(second)["containerDefinitions"][0]["image"] == f"{REGISTRY}/demo:r2"
+    assert second != first and definition(second)["containerDefinitions"][0]["image"] == (
+        f"{REGISTRY}/demo@{ecr_digest('demo:r2')}")
     assert (definition(second)["cpu"], definition(second)["memory"], service()["desiredCount"]) == ("512", "2048", 3)
     assert definition(second)["containerDefinitions"][0]["memory"] == 2048
     assert definition(second)["revision"] == definition(first)["revision"] + 1
