@@ -23,8 +23,9 @@ from helpers import REPO, playbook
 MONITORING = REPO / "monitoring"
 DASHBOARDS = sorted((MONITORING / "dashboards").glob("*.json"))
 TOOLS_CACHE = REPO / ".cache" / "prometheus-tools"
-# Debian 13 has promtool in its own package; Debian 12 ships it in prometheus.
-TOOL_PACKAGES = {"promtool": ["promtool", "prometheus"], "amtool": ["prometheus-alertmanager"]}
+# Debian 13 has promtool in its own package; Debian 12 ships it in prometheus. mtail runs the exporters
+# role's request program in tests/test_request_metrics.py.
+TOOL_PACKAGES = {"promtool": ["promtool", "prometheus"], "amtool": ["prometheus-alertmanager"], "mtail": ["mtail"]}
 # What the dashboards' Grafana variables stand for when a query is checked or run.
 # The multi-host scenario (molecule/monitoring/verify.yml) substitutes the same values.
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "5m", "$host": ".*", "$proxy": ".*"}
