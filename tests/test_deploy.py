@@ -283,6 +283,8 @@ def test_a_deploy_launched_in_the_console_rolls_the_lab_host_by_host(lab: Lab, t
             page.goto(f"{console.url}/launch?action=deploy&environment={LAB}")
             assert {"v1", "v2", "bad"} <= set(page.locator("select[name=release] option").all_inner_texts())
             page.select_option("select[name=release]", "v1")
+            page.click("#review-button")
+            expect(page.locator("#confirm-env-name")).to_have_text(LAB)
             page.click("#launch-button")
             expect(page).to_have_url(re.compile(r"/jobs/\d+$"))
             job = page.url.rsplit("/", 1)[1]

@@ -132,6 +132,10 @@ class JobRequest(BaseModel):
     action: str = Field(description="deploy, rollback, provision or an action the admin registered", max_length=64)
     release: str | None = Field(None, description="Image tag; must exist in the registry", max_length=128)
     extra_vars: dict[str, Any] = Field(default_factory=dict, description="Validated against the action's schema")
+    limit: str | None = Field(None, max_length=512, description="A host pattern for --limit (web1,web2 or "
+                              "app:!web3), where the action's `allow` lists limit")
+    check: bool = Field(False, description="Run with --check (nothing changes), where the action allows check")
+    diff: bool = Field(False, description="Run with --diff, where the action allows diff")
 
 
 class RelaunchRequest(BaseModel):
@@ -243,7 +247,7 @@ def actions(request: Request, who: Principal = Depends(viewer)) -> list[dict[str
     return [{"name": a.name, "description": a.description, "playbook": a.playbook.name, "role": a.role,
              "release": {"variable": a.release.variable, "repository": a.release.repository,
                          "required": a.release.required} if a.release else None,
-             "extra_vars_schema": a.extra_vars_schema}
+             "extra_vars_schema": a.extra_vars_schema, "allow": list(a.allow)}
             for a in console_of(request).config.actions.values()]
 
 
@@ -259,7 +263,8 @@ def releases(request: Request, action: str, who: Principal = Depends(viewer)) ->
 @api.post("/jobs", status_code=201, summary="Launch a job; 409 with who runs what if the environment is busy")
 def create_job(body: JobRequest, request: Request, who: Principal = Depends(viewer)) -> dict[str, Any]:
     console = console_of(request)
-    req = console.validate_launch(who, body.environment, body.action, body.release, body.extra_vars)
+    req = console.validate_launch(who, body.environment, body.action, body.release, body.extra_vars,
+                                  body.limit, body.check, body.diff)
     job_id = console.launch(who, req, client_ip(request))
     job = console.job(who, job_id)
     # status "pending": the environment wants an approval first (docs/console.md, "Approvals"); the events

@@ -35,15 +35,20 @@ ROLL_EXTRA_VARS_SCHEMA: dict[str, Any] = {
         "release": {"type": "string", "pattern": TAG_PATTERN},
         "deploy_release_overrides": {
             "type": "object",
+            "description": "Another tag for some services: service name, tag",
             "maxProperties": 64,
             "propertyNames": {"pattern": SERVICE_PATTERN},
             "additionalProperties": {"type": "string", "pattern": TAG_PATTERN},
         },
-        "deploy_serial": {"oneOf": [
-            *_SERIAL_STEP["oneOf"],
-            {"type": "array", "minItems": 1, "maxItems": 10, "items": _SERIAL_STEP},
-        ]},
-        "deploy_note": {"type": "string", "maxLength": 500},
+        "deploy_serial": {
+            "description": f"Batch size: 1-{MAX_SERIAL}, a percentage (50%) or a ramp [1, 25%, 100%]; "
+                           "empty keeps the inventory's",
+            "oneOf": [
+                *_SERIAL_STEP["oneOf"],
+                {"type": "array", "minItems": 1, "maxItems": 10, "items": _SERIAL_STEP},
+            ],
+        },
+        "deploy_note": {"type": "string", "maxLength": 500, "description": "Kept with the job"},
     },
 }
 
@@ -65,6 +70,11 @@ DEFAULT_ACTIONS: dict[str, dict[str, Any]] = {
     "provision": {"playbook": "site.yml", "description": "Converge every host to its roles",
                   "extra_vars_schema": {"type": "object", "additionalProperties": False}},
 }
+
+
+# What a launch may ask of ansible-playbook beyond its extra vars, where the action's `allow` lists it:
+# `limit` a host pattern (--limit), `check` a dry run (--check), `diff` the changes shown (--diff).
+LAUNCH_OPTIONS = ("limit", "check", "diff")
 
 
 class ConfigError(ValueError):
@@ -111,6 +121,8 @@ class Action:
     extra_vars_schema: dict[str, Any] = field(default_factory=lambda: {"type": "object"})
     # The least role that may launch it: deploy and rollback are a deployer's job, the rest an admin's.
     role: str = "admin"
+    # The LAUNCH_OPTIONS a launch may set; none unless the config file says so.
+    allow: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -266,6 +278,7 @@ _SCHEMA: dict[str, Any] = {
                     },
                     "extra_vars_schema": {"type": "object"},
                     "role": {"enum": ["deployer", "admin"]},
+                    "allow": {"type": "array", "uniqueItems": True, "items": {"enum": list(LAUNCH_OPTIONS)}},
                 },
             },
         },
@@ -407,6 +420,7 @@ def load(path: Path | None, database: str | None = None, data_dir: Path | None =
             service=spec.get("service"),
             extra_vars_schema=schema,
             role=spec.get("role", "deployer" if name in ("deploy", "rollback") else "admin"),
+            allow=tuple(o for o in LAUNCH_OPTIONS if o in spec.get("allow", ())),
         )
 
     for name, env in raw.get("environments", {}).items():

@@ -18,6 +18,7 @@ from sqlalchemy import (
     Text,
     create_engine,
     event,
+    false,
     inspect,
     text,
 )
@@ -25,7 +26,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 # The newest revision in migrations/versions (a test keeps the two in step).
-HEAD = "0004"
+HEAD = "0005"
 
 
 def now() -> dt.datetime:
@@ -103,6 +104,11 @@ class Job(Base):
     # hosts only, the hosts it was limited to (`--limit`); None: a fresh launch on every host.
     relaunch_of: Mapped[int | None] = mapped_column(Integer, nullable=True)
     limit_hosts: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
+    # What the launch asked of ansible-playbook where its action allows it (config.LAUNCH_OPTIONS): a host
+    # pattern for --limit (a retry's limit_hosts, when set, is what runs), --check and --diff.
+    limit_pattern: Mapped[str | None] = mapped_column(String(512), nullable=True)
+    check_mode: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    diff_mode: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     # A pending job expires at approval_deadline; decided_by approved or rejected it.
     approval_deadline: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
     decided_by: Mapped[str | None] = mapped_column(String(64), nullable=True)

@@ -76,6 +76,15 @@ def host_key_checking(ansible_config: Path, environ: dict[str, str]) -> str:
         return "True"
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """A launch's options for ansible-playbook (config.LAUNCH_OPTIONS), checked by service.validate_launch."""
+
+    limit: str | None = None
+    check: bool = False
+    diff: bool = False
+
+
 class NotPending(Exception):
     """An approval or rejection of a job that no longer waits for one; the message says what it is now."""
 
@@ -133,10 +142,12 @@ class LiveJob:
     # The playbook's process group and its leader's identity, once it runs (see process_identity).
     pgid: int | None = None
     process_start: str | None = None
+    check: bool = False
 
     def brief(self) -> dict[str, Any]:
         return {"id": self.id, "environment": self.environment, "action": self.action,
                 "release": self.release, "launched_by": self.launched_by, "status": self.status,
+                "check": self.check,
                 "created_at": self.created_at.isoformat(timespec="seconds"),
                 "started_at": self.started_at.isoformat(timespec="seconds") if self.started_at else None}
 
@@ -172,6 +183,7 @@ def job_dict(job: Job) -> dict[str, Any]:
         "started_at": job.started_at.isoformat(timespec="seconds") if job.started_at else None,
         "finished_at": job.finished_at.isoformat(timespec="seconds") if job.finished_at else None,
         "relaunch_of": job.relaunch_of, "limit": job.limit_hosts,
+        "limit_pattern": job.limit_pattern, "check": job.check_mode, "diff": job.diff_mode,
         "approval_deadline": job.approval_deadline.isoformat(timespec="seconds") if job.approval_deadline else None,
         "decided_by": job.decided_by,
     }
@@ -437,11 +449,14 @@ class JobManager:
 
     def launch(self, env: Environment, action: Action, release: str | None, extra_vars: dict[str, Any],
                user: str, on_created: Callable[[Session, Job], None] | None = None,
-               limit: list[str] | None = None, relaunch_of: int | None = None, hold: bool = False) -> int:
+               limit: list[str] | None = None, relaunch_of: int | None = None, hold: bool = False,
+               options: RunOptions | None = None) -> int:
         """Create the job and start it; raises Busy if the environment already runs one. With `hold`, the
         job waits as pending for approve() instead, until the environment's approval timeout.
 
-        `limit`: the only hosts to run on (`--limit`), host names the caller has checked (service.limit_pattern)."""
+        `limit`: the only hosts to run on (`--limit`), host names the caller has checked (service.LIMIT_HOST);
+        `options`: the launch's --limit pattern, --check and --diff, checked by service.validate_launch."""
+        options = options or RunOptions()
         with self._env_lock:
             if self._stopping:
                 raise ShuttingDown("the console is shutting down; launch again once it is back")
@@ -458,6 +473,7 @@ class JobManager:
                           release=release, service=action.service or extra_vars.get("service"),
                           extra_vars=shown, launched_by=user, status=PENDING if hold else "queued",
                           events_pruned=False, relaunch_of=relaunch_of, limit_hosts=limit,
+                          limit_pattern=options.limit, check_mode=options.check, diff_mode=options.diff,
                           approval_deadline=deadline)
                 db.add(job)
                 db.flush()
@@ -469,7 +485,7 @@ class JobManager:
                     self._arm_expiry(job.id, deadline)
                     brief = job_dict(job)
                 else:
-                    return self._start(job, env, action, extra_vars, limit)
+                    return self._start(job, env, action, extra_vars)
         self.notifier.send(brief)
         return brief["id"]
 
@@ -494,7 +510,7 @@ class JobManager:
                 on_decided(db, job)
                 db.commit()
                 self._forget_held(job_id)
-                return self._start(job, env, action, extra_vars, job.limit_hosts)
+                return self._start(job, env, action, extra_vars)
 
     def reject(self, job_id: int, user: str, reason: str, on_decided: Callable[[Session, Job], None]) -> None:
         with self._env_lock, self.sessions() as db:
@@ -557,16 +573,19 @@ class JobManager:
         self._forget_held(job_id)
         self.notifier.send(brief)
 
-    def _start(self, job: Job, env: Environment, action: Action, extra_vars: dict[str, Any],
-               limit: list[str] | None) -> int:
-        """Run a queued job (called under _env_lock, the environment free)."""
+    def _start(self, job: Job, env: Environment, action: Action, extra_vars: dict[str, Any]) -> int:
+        """Run a queued job (called under _env_lock, the environment free), on the hosts and with the
+        options it records."""
         live = LiveJob(id=job.id, environment=env.name, action=action.name, release=job.release,
-                       launched_by=job.launched_by, created_at=job.created_at)
+                       launched_by=job.launched_by, created_at=job.created_at, check=job.check_mode)
         self.live[live.id] = live
         self._busy[env.name] = live.id
         secret = secret_extra_vars(extra_vars, action.extra_vars_schema)
         secret_values = {v for k in secret for v in scalars(extra_vars[k])}
-        threading.Thread(target=self._supervise, args=(live, env, action, extra_vars, secret_values, limit),
+        # A retry's host names, else the launch's pattern: a retry's hosts are within the pattern it retries.
+        limit = ",".join(job.limit_hosts) if job.limit_hosts else job.limit_pattern
+        flags = [*(["--check"] if job.check_mode else []), *(["--diff"] if job.diff_mode else [])]
+        threading.Thread(target=self._supervise, args=(live, env, action, extra_vars, secret_values, limit, flags),
                          name=f"job-{live.id}", daemon=True).start()
         return live.id
 
@@ -582,7 +601,7 @@ class JobManager:
     # ----- one job ----------------------------------------------------------------------------
 
     def _supervise(self, live: LiveJob, env: Environment, action: Action, extra_vars: dict[str, Any],
-                   secret_values: set[str], limit: list[str] | None = None) -> None:
+                   secret_values: set[str], limit: str | None = None, flags: list[str] | None = None) -> None:
         run_dir = self.config.runs_dir / str(live.id)
         ingester = threading.Thread(target=self._ingest, args=(live,), name=f"ingest-{live.id}", daemon=True)
         status, rc, explanation = "error", None, None
@@ -632,10 +651,10 @@ class JobManager:
                 project_dir=str(self.config.project_dir),
                 # ansible-playbook behind the vault guard, from this venv: `python -m fleetdeploy.console.playbook`.
                 binary=sys.executable,
-                cmdline=shlex.join(["-m", PLAYBOOK_MODULE, *vault_cmd, str(action.playbook)]),
+                cmdline=shlex.join(["-m", PLAYBOOK_MODULE, *vault_cmd, *(flags or []), str(action.playbook)]),
                 inventory=str(env.inventory),
-                # One argv item after --limit, made of checked host names only (never a pattern or @file).
-                limit=",".join(limit) if limit else None,
+                # One argv item after --limit: checked host names, or a pattern of service.LIMIT_PATTERN (no @file).
+                limit=limit or None,
                 envvars=envvars,
                 passwords=passwords or None,
                 suppress_output_file=True,
@@ -805,7 +824,10 @@ class JobManager:
 
 
 def _record_releases(db: Session, job: Job, summary: dict[str, Any]) -> None:
-    """What each host said it serves, whatever the job's outcome (a failed swap reports the old release)."""
+    """What each host said it serves, whatever the job's outcome (a failed swap reports the old release).
+    A job in check mode changed nothing, whatever its plays reported."""
+    if job.check_mode:
+        return
     for host, services in summary["releases"].items():
         for service, release in services.items():
             db.merge(Release(environment=job.environment, service=service, host=host,

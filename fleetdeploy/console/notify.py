@@ -25,6 +25,8 @@ def message(job: dict[str, Any], base_url: str | None = None) -> dict[str, Any]:
     what = f"{job['action']} of {job['environment']}"
     if job.get("release"):
         what += f" to {job['release']}"
+    if job.get("check"):
+        what += " in check mode (nothing changes)"
     verb = "started" if job["status"] == "running" else job["status"]
     link = f" <{base_url.rstrip('/')}/jobs/{job['id']}|job {job['id']}>" if base_url else f" (job {job['id']})"
     if job["status"] == "pending":

@@ -14,9 +14,11 @@ from sqlalchemy import select
 
 from fleetdeploy.console.app import COOKIE, client_ip, console_of, who_is_asking
 from fleetdeploy.console.db import ApiToken, AuditEntry, User
-from fleetdeploy.console.jobs import FINAL, PENDING
+from fleetdeploy.console.jobs import FINAL, PENDING, secret_extra_vars
+from fleetdeploy.console.launchform import LaunchForm, fields_of, takes_free_vars
+from fleetdeploy.console.redact import MASK
 from fleetdeploy.console.security import ROLES, TOKEN_ROLES, Principal, same
-from fleetdeploy.console.service import ConsoleError, parse_extra_vars
+from fleetdeploy.console.service import Console, ConsoleError, LaunchRequest
 
 templates = Jinja2Templates(directory=Path(__file__).resolve().parent / "templates")
 router = APIRouter(include_in_schema=False)
@@ -57,11 +59,16 @@ def page_principal(request: Request) -> Principal:
 
 async def checked_form(request: Request, who: Principal) -> dict[str, str]:
     """The posted form, after checking its CSRF token against the session's."""
+    return dict(await checked_items(request, who))
+
+
+async def checked_items(request: Request, who: Principal) -> list[tuple[str, str]]:
+    """The posted form's fields in order, a name as often as it was posted, after the CSRF check."""
     form = await request.form()
     sent = str(form.get("csrf", ""))
     if not who.csrf or not same(sent, who.csrf):
         raise ConsoleError(403, "the form's CSRF token is missing or stale: reload the page and try again")
-    return {k: str(v) for k, v in form.items()}
+    return [(k, str(v)) for k, v in form.multi_items()]
 
 
 def render(request: Request, template: str, who: Principal | None, status: int = 200, **ctx: Any) -> HTMLResponse:
@@ -129,17 +136,18 @@ def dashboard(request: Request) -> Response:
 
 @router.get("/launch")
 def launch_page(request: Request, environment: str = "", action: str = "") -> Response:
-    return _launch_view(request, page_principal(request), environment, action)
+    return _launch_view(request, page_principal(request), LaunchForm.of([("environment", environment),
+                                                                          ("action", action)]))
 
 
-def _launch_view(request: Request, who: Principal, environment: str, action: str, error: str = "",
-                 extra_vars: str = "", status: int = 200) -> Response:
+def _launch_view(request: Request, who: Principal, form: LaunchForm, error: str = "", status: int = 200) -> Response:
+    """The form for the action `form` names (else the first), with every value `form` holds."""
     console = console_of(request)
     envs = [e for e in console.config.environments if who.may("deployer", e)]
     if not envs:
         raise ConsoleError(403, f"{who.name} ({who.role}) may not launch jobs")
     actions = [a for a in console.config.actions.values() if any(who.may(a.role, e) for e in envs)]
-    chosen = console.config.actions.get(action) or (actions[0] if actions else None)
+    chosen = console.config.actions.get(form.action) or (actions[0] if actions else None)
     tags: list[str] | None = None
     registry_error = ""
     if chosen is not None:
@@ -148,29 +156,62 @@ def _launch_view(request: Request, who: Principal, environment: str, action: str
         except ConsoleError as exc:
             registry_error = exc.message
     return render(request, "launch.html", who, status=status, environments=envs, actions=actions, chosen=chosen,
-                  environment=environment or envs[0], tags=list(reversed(tags)) if tags else tags,
-                  registry_error=registry_error, error=error, extra_vars=extra_vars,
+                  environment=form.environment or envs[0], tags=list(reversed(tags)) if tags else tags,
+                  registry_error=registry_error, error=error, form=form,
+                  fields=fields_of(chosen) if chosen else [], free_vars=chosen is not None and takes_free_vars(chosen),
                   schema=json.dumps(chosen.extra_vars_schema, indent=2) if chosen else "")
 
 
 @router.post("/launch")
 async def launch(request: Request) -> Response:
+    """The launch form's three steps (its `step`): review (checked, then the confirmation page), edit (the
+    form again, values kept: Back, or another action chosen) and launch (checked again, then launched)."""
     who = page_principal(request)
-    form = await checked_form(request, who)
+    form = LaunchForm.of(await checked_items(request, who))
+    if form.step == "edit":
+        return _private(_launch_view(request, who, form))
     console = console_of(request)
-    text = form.get("extra_vars", "").strip()
+    action = console.config.actions.get(form.action)
     try:
-        extra = parse_extra_vars(text)
-        req = console.validate_launch(who, form.get("environment", ""), form.get("action", ""),
-                                      form.get("release") or None, extra)
+        extra = form.extra_vars(fields_of(action) if action else [])
+        req = console.validate_launch(who, form.environment, form.action, form.release or None, extra,
+                                      form.limit or None, form.check, form.diff)
+        if form.step != "launch":
+            return _private(render(request, "launch_confirm.html", who, form=form, **_confirmation(console, req)))
         job_id = console.launch(who, req, client_ip(request))
     except ConsoleError as exc:
         if exc.status in (401,):
             raise
         # Rendered in place, not redirected: the extra vars must not travel in a URL (and the access log).
-        return _launch_view(request, who, form.get("environment", ""), form.get("action", ""), exc.message, text,
-                            exc.status)
+        return _private(_launch_view(request, who, form, exc.message, exc.status))
     return RedirectResponse(f"/jobs/{job_id}", status_code=303)
+
+
+def _confirmation(console: Console, req: LaunchRequest) -> dict[str, Any]:
+    """What the confirmation page repeats: where, what, and every value the playbook will be given."""
+    secret = secret_extra_vars(req.extra_vars, req.action.extra_vars_schema)
+    return {
+        "req": req, "needs_approval": req.environment.needs_approval(req.action.name),
+        "playbook": _shown_path(req.action.playbook, console),
+        "inventory": _shown_path(req.environment.inventory, console),
+        # As JSON, so that "2" and 2 differ as they do for the playbook.
+        "extra_vars": [(name, MASK if name in secret else json.dumps(value, ensure_ascii=False))
+                       for name, value in req.extra_vars.items()],
+    }
+
+
+def _shown_path(path: Path, console: Console) -> str:
+    """A path of the project as its own relative path (playbooks/deploy.yml), else in full."""
+    try:
+        return str(path.relative_to(console.config.project_dir))
+    except ValueError:
+        return str(path)
+
+
+def _private(response: Response) -> Response:
+    """A launch form's answer holds what was typed (secrets too): never kept by a cache."""
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 @router.get("/jobs")

@@ -8,7 +8,7 @@ import math
 import re
 import secrets
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import jsonschema
@@ -16,7 +16,7 @@ import yaml
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from fleetdeploy.console.config import TAG_PATTERN, Action, Config, Environment
+from fleetdeploy.console.config import LAUNCH_OPTIONS, TAG_PATTERN, Action, Config, Environment
 from fleetdeploy.console import joblog
 from fleetdeploy.console.db import (
     Alert,
@@ -30,7 +30,7 @@ from fleetdeploy.console.db import (
     make_engine,
     now,
 )
-from fleetdeploy.console.jobs import FINAL, PENDING, JobManager, job_dict
+from fleetdeploy.console.jobs import FINAL, PENDING, JobManager, RunOptions, job_dict
 from fleetdeploy.console.notify import Notifier
 from fleetdeploy.console.redact import MASK, secret_key
 from fleetdeploy.console.registry import RegistryClient, RegistryError
@@ -63,6 +63,10 @@ MAX_ID = 2**31 - 1
 # A host a retry may name in --limit: an inventory host name and nothing of Ansible's pattern language
 # (`,` `:` `&` `!` `~` `*` `[...]`, and `@file`, which would read the hosts from a file).
 LIMIT_HOST = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,254}$")
+# A launch's --limit, where its action allows one: host and group names with Ansible's pattern operators
+# (`,` `:` `&` `!` `*` `[0:2]`), nothing that reads a file (`@`), is a regex (`~`), quotes, spaces or is
+# an option (a leading `-`).
+LIMIT_PATTERN = re.compile(r"^[A-Za-z0-9_.,:&!*\[\]][A-Za-z0-9_.,:&!*\[\]-]{0,511}$")
 # What a host's result must be for a retry of the failed hosts to run it again (grid.Grid.host_results).
 RETRIED_RESULTS = ("failed", "unreachable")
 
@@ -81,10 +85,13 @@ class _ExtraVarsLoader(yaml.SafeLoader):
     """YAML that can only mean JSON: no anchors or aliases (a 369-byte alias bomb expands to megabytes),
     no dates (`2024-01-01` stays a string), no !!binary, !!set or other tags beyond JSON's types."""
 
+    # What the text is, for the messages: the extra vars, or one field of the launch form.
+    what = "extra vars"
+
     def compose_node(self, parent: Any, index: Any) -> Any:
         event = self.peek_event()
         if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None) is not None:
-            raise ConsoleError(422, f"extra vars, line {event.start_mark.line + 1}: YAML anchors and aliases "
+            raise ConsoleError(422, f"{self.what}, line {event.start_mark.line + 1}: YAML anchors and aliases "
                                     "(& and *) are not allowed; write each value out")
         return super().compose_node(parent, index)
 
@@ -95,8 +102,8 @@ _ExtraVarsLoader.yaml_implicit_resolvers = {
 }
 
 
-def _refuse_tag(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
-    raise ConsoleError(422, f"extra vars, line {node.start_mark.line + 1}: the YAML tag "
+def _refuse_tag(loader: _ExtraVarsLoader, node: yaml.Node) -> Any:
+    raise ConsoleError(422, f"{loader.what}, line {node.start_mark.line + 1}: the YAML tag "
                             f"{node.tag.replace('tag:yaml.org,2002:', '!!')} is not allowed; "
                             "extra vars are strings, numbers, booleans, null, lists and mappings")
 
@@ -106,14 +113,21 @@ for _tag in ("binary", "timestamp", "set", "omap", "pairs"):
 _ExtraVarsLoader.add_constructor(None, _refuse_tag)
 
 
-def parse_extra_vars(text: str) -> Any:
-    """The launch form's extra vars (YAML or JSON) as JSON values; ConsoleError 4xx when they are not."""
+def parse_extra_vars(text: str, what: str = "extra vars") -> Any:
+    """The launch form's extra vars, or the value of one of its YAML fields (`what` names it), as JSON
+    values; ConsoleError 4xx when they are not."""
     if len(text.encode()) > EXTRA_VARS_MAX_BYTES:
-        raise ConsoleError(413, f"extra vars are over {EXTRA_VARS_MAX_BYTES} bytes")
+        raise ConsoleError(413, f"{what}: over {EXTRA_VARS_MAX_BYTES} bytes")
+    if not text.strip():
+        return {}
+    loader = _ExtraVarsLoader(text)
+    loader.what = what
     try:
-        return yaml.load(text, Loader=_ExtraVarsLoader) if text.strip() else {}
+        return loader.get_single_data()
     except yaml.YAMLError as exc:
-        raise ConsoleError(422, f"extra vars are not valid YAML or JSON: {exc}") from exc
+        raise ConsoleError(422, f"{what}: not valid YAML or JSON: {exc}") from exc
+    finally:
+        loader.dispose()
 
 
 def _json_size(extra_vars: dict[str, Any]) -> int:
@@ -142,6 +156,7 @@ class LaunchRequest:
     action: Action
     release: str | None
     extra_vars: dict[str, Any]
+    options: RunOptions = field(default_factory=RunOptions)
 
 
 class Console:
@@ -336,7 +351,10 @@ class Console:
             raise ConsoleError(503, str(exc)) from exc
 
     def validate_launch(self, who: Principal, environment: str, action_name: str, release: str | None,
-                        extra_vars: Any) -> LaunchRequest:
+                        extra_vars: Any, limit: str | None = None, check: bool = False,
+                        diff: bool = False) -> LaunchRequest:
+        """Everything a launch is checked for, from the API, the launch form, a relaunch, an approval or a
+        schedule alike: who may run what where, the release, the extra vars, the options its action allows."""
         env = self.config.environments.get(environment)
         if env is None or not who.sees(environment):
             known = ", ".join(e for e in self.config.environments if who.sees(e)) or "none"
@@ -387,11 +405,12 @@ class Console:
         except jsonschema.ValidationError as exc:
             where = "/".join(str(p) for p in exc.absolute_path)
             raise ConsoleError(422, f"extra vars{' at ' + where if where else ''}: {exc.message}") from exc
+        options = _run_options(action, limit, check, diff)
         if not action.playbook.is_file():
             raise ConsoleError(422, f"{action_name}'s playbook {action.playbook.name} does not exist on the console")
         if not env.inventory.exists():
             raise ConsoleError(422, f"{environment}'s inventory {env.inventory} does not exist on the console")
-        return LaunchRequest(env, action, release, extra_vars)
+        return LaunchRequest(env, action, release, extra_vars, options)
 
     def launch(self, who: Principal, req: LaunchRequest, ip: str | None, relaunch_of: int | None = None,
                limit: list[str] | None = None) -> int:
@@ -401,18 +420,22 @@ class Console:
         hold = req.environment.needs_approval(req.action.name)
 
         def record(db: Session, job: Job) -> None:
-            pending = {"pending_approval": True} if hold else {}
+            # The options named as the job records them (its `limit` is a retry's hosts), where set.
+            options = {"limit_pattern": req.options.limit, "check": req.options.check, "diff": req.options.diff}
+            detail: dict[str, Any] = {k: v for k, v in options.items() if v}
+            if hold:
+                detail["pending_approval"] = True
             if relaunch_of is None:
                 self.audit(db, who.name, "job_launch", f"job {job.id}", ip=ip, environment=req.environment.name,
-                           action=req.action.name, release=req.release, **pending)
+                           action=req.action.name, release=req.release, **detail)
             else:
                 self.audit(db, who.name, "job_relaunch", f"job {job.id}", ip=ip, environment=req.environment.name,
                            action=req.action.name, release=req.release, relaunch_of=relaunch_of, limit=limit,
-                           **pending)
+                           **detail)
 
         try:
             return self.jobs.launch(req.environment, req.action, req.release, req.extra_vars, who.name, record,
-                                    limit=limit, relaunch_of=relaunch_of, hold=hold)
+                                    limit=limit, relaunch_of=relaunch_of, hold=hold, options=req.options)
         except Busy as busy:
             raise ConsoleError(409, str(busy), running=busy.job) from busy
         except ShuttingDown as exc:
@@ -455,7 +478,8 @@ class Console:
                 raise ConsoleError(409, f"job {job_id}'s extra vars {', '.join(masked)} held secrets, which the "
                                         "console restarted without (it never stores them): reject it and launch anew")
             extra_vars = job["extra_vars"]
-        req = self.validate_launch(who, job["environment"], job["action"], job["release"], extra_vars)
+        req = self.validate_launch(who, job["environment"], job["action"], job["release"], extra_vars,
+                                   job["limit_pattern"], job["check"], job["diff"])
 
         def record(db: Session, row: Job) -> None:
             self.audit(db, who.name, "job_approve", f"job {job_id}", ip=ip, environment=row.environment,
@@ -497,7 +521,8 @@ class Console:
         """Launch job `job_id` again as `who`: its environment, action, release and extra vars, checked by
         validate_launch as a fresh launch is. With `failed_only`, on its failed and unreachable hosts only."""
         old = self.job(who, job_id)  # 404 for a job outside `who`'s environments
-        req = self.validate_launch(who, old["environment"], old["action"], old["release"], old["extra_vars"])
+        req = self.validate_launch(who, old["environment"], old["action"], old["release"], old["extra_vars"],
+                                   old["limit_pattern"], old["check"], old["diff"])
         if old["status"] not in FINAL:
             raise ConsoleError(409, f"job {job_id} is {old['status']}; relaunch it once it has ended")
         masked = masked_extra_vars(old)
@@ -600,8 +625,9 @@ class Console:
                         limit: int = 100) -> list[dict[str, Any]]:
         """The jobs that released a service (actions with `service:`) in an environment, newest first."""
         self._seen_environment(who, environment)
-        # A job that never started (pending, rejected, expired) released nothing.
-        q = (select(Job).where(Job.environment == environment, Job.service.is_not(None), Job.started_at.is_not(None))
+        # A job that never started (pending, rejected, expired) released nothing; nor did one in check mode.
+        q = (select(Job).where(Job.environment == environment, Job.service.is_not(None), Job.started_at.is_not(None),
+                               Job.check_mode.is_(False))
              .order_by(Job.id.desc()).limit(max(1, min(limit, 500))))
         if service:
             q = q.where(Job.service == service)
@@ -722,6 +748,19 @@ class Console:
                 ))
             db.commit()
         return len(alerts)
+
+
+def _run_options(action: Action, limit: str | None, check: bool, diff: bool) -> RunOptions:
+    """The launch's --limit, --check and --diff, each refused unless the action's `allow` lists it."""
+    asked = {"limit": bool(limit), "check": check, "diff": diff}
+    refused = [o for o in LAUNCH_OPTIONS if asked[o] and o not in action.allow]
+    if refused:
+        raise ConsoleError(422, f"{action.name} does not allow {', '.join(refused)} (its `allow` in the "
+                                f"console's config: {', '.join(action.allow) or 'nothing'})")
+    if limit and not LIMIT_PATTERN.match(limit):
+        raise ConsoleError(422, f"limit {limit!r} is not a host pattern the console passes on: host and group "
+                                "names with , : & ! * [ ], not starting with -, no spaces, quotes, @ or ~")
+    return RunOptions(limit or None, check, diff)
 
 
 def masked_extra_vars(job: dict[str, Any]) -> list[str]:

@@ -26,6 +26,7 @@ import pytest
 
 from console_server import CONSOLE, REPO, Server
 from console_server import start_server as start_console
+from fleetdeploy.console.config import ROLL_EXTRA_VARS_SCHEMA
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
@@ -137,6 +138,23 @@ def chat_webhook() -> Iterator[tuple[str, list[dict[str, Any]]]]:
         server.shutdown()
 
 
+# The built-in deploy's extra vars (release, per-service overrides, batch size, a note), two of the fixture
+# deploy's, and one of each other kind the launch form renders.
+INSPECT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        **ROLL_EXTRA_VARS_SCHEMA["properties"],
+        "fixture_batch": {"type": "integer", "minimum": 1, "maximum": 6},
+        "fixture_step": {"type": "number", "minimum": 0, "maximum": 5},
+        "inspect_colour": {"enum": ["red", "green", "blue"], "description": "A choice"},
+        "inspect_notify": {"type": "boolean", "default": True},
+        "inspect_strict": {"type": "boolean"},
+        "inspect_token": {"type": "string", "writeOnly": True},
+    },
+}
+
+
 def write_config(root: Path, registry_url: str, webhook_url: str | None) -> Path:
     schema = {
         "type": "object",
@@ -167,6 +185,12 @@ def write_config(root: Path, registry_url: str, webhook_url: str | None) -> Path
             "soak": {"playbook": "playbooks/long.yml", "role": "deployer", "description": "Sleep on every host"},
             "secrets": {"playbook": "playbooks/secrets.yml", "role": "deployer",
                         "description": "Print secrets from outside the inventory"},
+            # The launch form's test action: the built-in deploy's schema, a field of every kind, and the
+            # options (test_launch_form.py).
+            "inspect": {"playbook": "playbooks/inspect.yml", "role": "deployer", "service": "inspect",
+                        "description": "Print what the launch passed",
+                        "release": {"variable": "release", "repository": REPOSITORY, "required": False},
+                        "allow": ["limit", "check", "diff"], "extra_vars_schema": INSPECT_SCHEMA},
         },
         "retention": {"days": 30, "jobs": 100},
         # The tests' "nginx" connects from PROXY; a direct client (127.0.0.1) has its X-Forwarded-* ignored.

@@ -181,8 +181,20 @@ def test_the_second_person_approves_on_the_jobs_page_and_watches_it_run(approval
     from playwright.sync_api import expect
 
     deployer = Client(approvals, "deployer")
-    job_id = deployer.launch("prod", release="v2.0.0", fixture_step=0)
     with chromium_page(tmp_path_factory.mktemp("chromium-approvals")) as page:
+        # Launched from the form: its confirmation says it will wait, and Launch leaves it pending.
+        sign_in_as(page, approvals.url, "deployer", PASSWORDS["deployer"])
+        page.goto(f"{approvals.url}/launch?action=deploy&environment=prod")
+        page.select_option("select[name=release]", "v2.0.0")
+        page.fill("input[name='var.fixture_step']", "0")
+        page.click("#review-button")
+        expect(page.locator("#confirm-env-name")).to_have_text("prod")
+        expect(page.locator("#confirm-approval")).to_contain_text("prod needs another person's approval for deploy")
+        page.click("#launch-button")
+        expect(page).to_have_url(re.compile(r"/jobs/\d+$"))
+        job_id = int(page.url.rsplit("/", 1)[1])
+        expect(page.locator("#job-status")).to_have_text("pending")
+
         sign_in_as(page, approvals.url, "approver", PASSWORDS["approver"])
         page.goto(f"{approvals.url}/jobs/{job_id}")
         expect(page.locator("#job-status")).to_have_text("pending")

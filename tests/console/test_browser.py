@@ -44,7 +44,9 @@ def test_deploy_from_the_browser_fills_the_grid_and_shows_the_release(browser_pa
     options = page.locator("select[name=release] option").all_inner_texts()
     assert options == ["v2.0.0", "v1.3.0", "v1.2.0", "v1.1.0", "v1.0.0"]
     page.select_option("select[name=release]", "v2.0.0")
-    page.fill("textarea[name=extra_vars]", "fixture_step: 0")
+    page.fill("input[name='var.fixture_step']", "0")
+    page.click("#review-button")
+    expect(page.locator("#confirm-env-name")).to_have_text("fleet")
     page.click("#launch-button")
     expect(page).to_have_url(re.compile(r"/jobs/\d+$"))
     job_id = int(page.url.rsplit("/", 1)[1])
@@ -91,6 +93,7 @@ def test_cancel_a_long_job_from_the_browser(browser_page: object, server: Server
     assert isinstance(page, Page)
     sign_in(page, server, "deployer")
     page.goto(f"{server.url}/launch?action=soak&environment=fleet")
+    page.click("#review-button")
     page.click("#launch-button")
     expect(page).to_have_url(re.compile(r"/jobs/\d+$"))
     job_id = int(page.url.rsplit("/", 1)[1])
