@@ -22,13 +22,14 @@ from typing import NamedTuple
 
 class Sample(NamedTuple):
     """One answered request: when it was sent (time.time()), how long it took from then, the host that
-    answered a GET / ("" for a POST, whose answer is the body it was sent), and how long it took from when
-    the schedule meant to send it."""
+    answered a GET / ("" for a POST, whose answer is the body it was sent), how long it took from when
+    the schedule meant to send it, and the release that answered a GET /."""
 
     at: float
     latency: float
     host: str
     intended_latency: float = 0.0
+    release: str = ""
 
 
 @dataclass
@@ -115,7 +116,7 @@ class LoadGenerator:
                 self.result.latencies.append(latency)
                 self.result.intended_latencies.append(late + latency)
                 if self.keep_samples:
-                    self.result.samples.append(Sample(sent_at, latency, host, late + latency))
+                    self.result.samples.append(Sample(sent_at, latency, host, late + latency, release or ""))
             if release:
                 self.result.releases[release] = self.result.releases.get(release, 0) + 1
 

@@ -14,8 +14,8 @@ description:
     numbers), or V(inconclusive) (Prometheus did not answer, or a service the baseline answered had fewer
     than C(min_requests) requests on the canary, or no service had any traffic). A deploy promotes on
     V(pass) only.
-  - When the baseline took no request in the window (the canary had all the traffic), the services the
-    canary answered are held to the limits that need no baseline.
+  - A service the baseline did not answer in the window (the canary had all the traffic, or the service is
+    new in the release) is held to the limits that need no baseline.
   - Changes nothing; runs wherever Prometheus is reachable (the monitor host, at 127.0.0.1).
 options:
   prometheus_url:
@@ -51,6 +51,15 @@ options:
     description: Seconds to wait for each answer from Prometheus.
     default: 10
     type: float
+  retries:
+    description: How many times a V(fail) verdict is asked again, O(retry_delay) seconds later each time (the
+      step's failure limit); a V(pass) or V(inconclusive) one ends the retries.
+    default: 0
+    type: int
+  retry_delay:
+    description: Seconds between a failed verdict and the next analysis.
+    default: 0
+    type: float
 """
 
 EXAMPLES = r"""
@@ -79,11 +88,16 @@ services:
   description: Per service, the requests and each check's value on both sides, and the limits it crossed.
   type: dict
   returned: always
+attempts:
+  description: How many analyses ran (1 plus the retries a failed verdict used).
+  type: int
+  returned: always
 """
 
 import json
 import math
 import re
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -102,7 +116,7 @@ class NoAnswer(Exception):
 def hosts_regex(hosts: list[str]) -> str:
     """An RE2 alternation matching exactly these host labels, escaped for a PromQL double-quoted string."""
     escaped = (re.sub(r"([.*+?()\[\]{}|^$\\])", r"\\\1", host) for host in hosts)
-    return "|".join(escaped).replace("\\", "\\\\")
+    return "|".join(escaped).replace("\\", "\\\\").replace('"', '\\"')
 
 
 def render(query: str, hosts: list[str], window: int) -> str:
@@ -191,9 +205,9 @@ def analyse(prometheus: Prometheus, checks: dict[str, Any], canary: list[str], b
     min_requests = float(thresholds.get("min_requests", 1))
     requests = {side: prometheus.per_service(render(checks["requests"], hosts, window))
                 for side, hosts in (("canary", canary), ("baseline", baseline))}
-    judged = sorted(service for service, count in requests["baseline"].items() if count > 0)
-    if not judged:  # the baseline took no requests (a 100 % step): the canary alone, on the absolute limits
-        judged = sorted(service for service, count in requests["canary"].items() if count > 0)
+    # Every service either side answered. One the baseline did not (a 100 % step, where the old hosts take no
+    # requests; a service new in the release) is held to the limits that need no baseline.
+    judged = sorted({service for side in requests.values() for service, count in side.items() if count > 0})
     results = {service: ServiceResult({side: requests[side].get(service, 0.0) for side in requests})
                for service in judged}
     if not judged:
@@ -245,6 +259,8 @@ def main() -> None:
             "thresholds": {"type": "dict", "required": True},
             "at": {"type": "float"},
             "timeout": {"type": "float", "default": 10},
+            "retries": {"type": "int", "default": 0},
+            "retry_delay": {"type": "float", "default": 0},
         },
         supports_check_mode=True,
     )
@@ -254,14 +270,21 @@ def main() -> None:
     if not params["canary_hosts"] or not params["baseline_hosts"]:
         module.fail_json(msg="a canary analysis needs at least one canary host and one baseline host")
     prometheus = Prometheus(params["prometheus_url"], params["at"], params["timeout"])
-    try:
-        verdict, findings, results = analyse(prometheus, params["checks"], params["canary_hosts"],
-                                             params["baseline_hosts"], params["window"], params["thresholds"])
-    except NoAnswer as error:
-        verdict, findings, results = "inconclusive", [str(error)], {}
-    except KeyError as error:
-        module.fail_json(msg=f"the canary checks name a threshold the deploy does not give: {error.args[0]}")
+    attempts = 0
+    while True:
+        attempts += 1
+        try:
+            verdict, findings, results = analyse(prometheus, params["checks"], params["canary_hosts"],
+                                                 params["baseline_hosts"], params["window"], params["thresholds"])
+        except NoAnswer as error:
+            verdict, findings, results = "inconclusive", [str(error)], {}
+        except KeyError as error:
+            module.fail_json(msg=f"the canary checks name a threshold the deploy does not give: {error.args[0]}")
+        if verdict != "fail" or attempts > params["retries"]:
+            break
+        time.sleep(params["retry_delay"])
     module.exit_json(changed=False, verdict=verdict, message="\n".join(findings) or "every check passed",
+                     attempts=attempts,
                      services={service: {"requests": result.requests, "checks": result.values,
                                          "crossed": result.crossed} for service, result in results.items()})
 

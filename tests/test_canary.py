@@ -15,6 +15,7 @@ import math
 import re
 import shutil
 import time
+from datetime import datetime
 from pathlib import Path
 
 import docker
@@ -30,7 +31,8 @@ HTTP_PORT = slot_port(27080)
 RATE = 60  # requests per second over 4 keep-alive connections; a quarter of them POST /echo
 FAULTY_BUILD = "tests/fixtures/unhealthy_demo/build.yml"
 # Short steps for a test: 20 s each, Prometheus scraping every 5 s.
-CANARY = {"deploy_strategy": "canary", "deploy_canary_steps": [10, 50, 100], "deploy_canary_interval": 20}
+CANARY = {"deploy_strategy": "canary", "deploy_canary_steps": [10, 50, 100], "deploy_canary_interval": 20,
+          "monitoring_scrape_interval": "5s"}
 
 
 class CanaryLab:
@@ -76,7 +78,7 @@ class CanaryLab:
 
     def canary_deploy(self, release: str, **extra_vars: object) -> tuple[Run, Result, float]:
         """A canary deploy under load: the run, the traffic's result, and the run's seconds."""
-        with LoadGenerator("127.0.0.1", HTTP_PORT, rate=RATE, connections=4) as load:
+        with LoadGenerator("127.0.0.1", HTTP_PORT, rate=RATE, connections=4, keep_samples=True) as load:
             time.sleep(2)
             started = time.monotonic()
             run = self.play("deploy.yml", release=release, **{**CANARY, **extra_vars})
@@ -104,6 +106,10 @@ def lab(tmp_path_factory: pytest.TempPathFactory):
     shutil.rmtree(root, ignore_errors=True)
 
 
+def epoch(stamp: str) -> float:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
 def assert_back_on(lab: CanaryLab, release: str) -> None:
     assert {host: lab.release_on(host) for host in ("app1", "app2")} == {"app1": release, "app2": release}
     assert lab.weights() == {"app1": "1 (initial 1)", "app2": "1 (initial 1)"}, lab.weights()
@@ -121,6 +127,8 @@ def test_a_good_release_goes_through_every_step_to_the_whole_fleet_with_zero_fai
     # 10 % with one host on each side: the canary's weight is 256 * 0.1 / 0.9, rounded.
     assert canary["steps"][0]["weights"] == {"app1": 28, "app2": 256}, canary["steps"][0]
     assert canary["steps"][2]["weights"] == {"app1": 256, "app2": 0}, canary["steps"][2]
+    # v2 answered nothing before the first step: the canary came back from its swap at weight 0.
+    assert min(sample.at for sample in load.samples if sample.release == "v2") > epoch(canary["steps"][0]["started"]) - 0.5
     first = canary["steps"][0]["services"]["demo"]
     assert first["requests"]["canary"] >= 10 and first["checks"]["success ratio"]["canary"] == 1.0, first
     print(f"canary promotion: {seconds:.0f} s for the deploy, steps "
@@ -138,6 +146,13 @@ def aborted(lab: CanaryLab, release: str, **extra_vars: object) -> tuple[Run, Re
         release, "failed", {"app1": "rolled back", "app2": "not reached"}), record
     canary = record["canary"]
     assert len(canary["steps"]) == 1 and canary["traffic_back"] >= canary["steps"][0]["ended"], canary
+    # The canary took no request before its first step, and none once the traffic was back (half a second
+    # for a request already on its way): the weights did that, not the rollback's drain after them.
+    step_started, traffic_back = epoch(canary["steps"][0]["started"]), epoch(canary["traffic_back"])
+    served = [sample.at for sample in load.samples if sample.release == release]
+    assert served, "the canary answered no request"
+    assert min(served) > step_started - 0.5 and max(served) < traffic_back + 0.5, (
+        step_started, traffic_back, min(served), max(served))
     print(f"canary abort of {release}: {canary['steps'][0]['started']} step start, traffic back "
           f"{canary['traffic_back']}; deploy {seconds:.0f} s")
     return run, load, canary

@@ -5,7 +5,8 @@ canary host with two baseline hosts at the end of that history.
 
 The hosts: base1 and base2 are the baseline (web 20 requests/s, search 5/s, p99 about 100 ms); good1
 answers like them; errors1 answers 5 % of web's requests with 500; slow1 takes 300 ms longer on every
-request; quiet1 had no search request; broken1 answered web only with 503.
+request; quiet1 had no search request; broken1 answered web only with 503; newer1 also runs a service
+the baseline does not have (labels), which answered only 503.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from test_release_record import load
 analysis = load("fleetdeploy_canary_analysis", REPO / "library" / "fleetdeploy_canary_analysis.py")
 
 CHECKS = yaml.safe_load((REPO / "monitoring" / "canary.yml").read_text())
-# The deploy's defaults (playbooks/vars/deploy_strategy.yml).
+# The deploy's defaults (inventories/*/group_vars/all/deploy.yml).
 THRESHOLDS = {"min_success_ratio": 0.99, "max_p99_seconds": 2.0, "max_p99_ratio": 1.5,
               "p99_ratio_floor_seconds": 0.05, "min_requests": 10}
 METRIC = "fleetdeploy_http_request_duration_seconds"
@@ -46,6 +47,7 @@ HOSTS: dict[str, dict[str, dict[str, tuple[float, float]]]] = {
     "slow1": {"web": {"200": (20, 0.3)}, "search": {"200": (5, 0.3)}},
     "quiet1": {"web": {"200": (20, 0)}},
     "broken1": {"web": {"503": (20, 0)}, "search": {"200": (5, 0)}},
+    "newer1": {"web": {"200": (20, 0)}, "search": {"200": (5, 0)}, "labels": {"503": (2, 0)}},
 }
 BASELINE = ["base1", "base2"]
 
@@ -182,6 +184,18 @@ def test_with_all_the_traffic_on_the_canary_it_is_held_to_the_absolute_limits(pr
     assert (verdict, findings) == ("inconclusive", ["no requests on the canary or the baseline hosts in the last 60 s"])
 
 
+def test_a_service_only_the_canary_runs_is_judged_too(prometheus: tuple[str, int]) -> None:
+    verdict, findings, results = judge(prometheus, "newer1")
+    assert verdict == "fail" and findings == ["labels on newer1: success ratio 0.0000 is under 0.9900"], findings
+    assert results["labels"].requests["baseline"] == 0.0
+
+
+def test_host_names_are_matched_exactly_in_the_queries() -> None:
+    """A dot is literal (ip-10-0-0-1.ec2 must not match ip-10-0-0-1xec2) and a quote cannot end the string."""
+    assert analysis.hosts_regex(["app1", "ip-10-0-0-1.ec2.internal"]) == "app1|ip-10-0-0-1\\\\.ec2\\\\.internal"
+    assert analysis.hosts_regex(['a"b']) == 'a\\"b'
+
+
 def test_the_module_answers_inconclusive_when_prometheus_does_not(prometheus: tuple[str, int],
                                                                   tmp_path: Path) -> None:
     """Through Ansible, as the deploy calls it: a Prometheus that refuses connections is no pass."""
@@ -203,8 +217,12 @@ def test_the_module_answers_inconclusive_when_prometheus_does_not(prometheus: tu
         return report["plays"][0]["tasks"][0]["hosts"]["localhost"]  # type: ignore[no-any-return]
 
     failed = run(url)
-    assert (failed["verdict"], failed["changed"]) == ("fail", False)
+    assert (failed["verdict"], failed["changed"], failed["attempts"]) == ("fail", False, 1)
     assert failed["message"] == "web on errors1: success ratio 0.9500 is under 0.9900", failed["message"]
+    # A step's failure limit: a failed verdict is asked again, and still fails, with its numbers.
+    args.update(retries=2, retry_delay=0.1)
+    again = run(url)
+    assert (again["verdict"], again["attempts"]) == ("fail", 3) and again["message"] == failed["message"], again
     away = run(f"http://127.0.0.1:{free_port()}")
     assert away["verdict"] == "inconclusive" and "did not answer" in away["message"], away
 

@@ -76,7 +76,8 @@ def _read(path: str) -> bytes:
 def accepting_workers(pid_file: str) -> set[int]:
     """The nginx master's workers that still take new requests (not those shutting down)."""
     master = _read(pid_file).strip()
-    if not master.isdigit():
+    # A pid file left by an nginx that is gone may name a process that is not nginx's master now.
+    if not master.isdigit() or not _read(f"/proc/{master.decode()}/cmdline").startswith(b"nginx: master process"):
         return set()
     found = set()
     for entry in os.listdir("/proc"):

@@ -61,4 +61,5 @@ class SessionMiddleware(middleware.SessionMiddleware):
         try:
             return super().process_response(request, response)  # type: ignore[no-any-return]
         except SessionsUnavailable as error:
+            response.close()  # the view's answer is replaced: let go of what it holds (a file, a stream)
             return unavailable_response(request, error)
