@@ -22,14 +22,13 @@ from typing import NamedTuple
 
 class Sample(NamedTuple):
     """One answered request: when it was sent (time.time()), how long it took from then, the host that
-    answered a GET / ("" for a POST, whose answer is the body it was sent), how long it took from when
-    the schedule meant to send it, and the release that answered a GET /."""
+    answered a GET / ("" for a POST, whose answer is the body it was sent), and how long it took from when
+    the schedule meant to send it."""
 
     at: float
     latency: float
     host: str
     intended_latency: float = 0.0
-    release: str = ""
 
 
 @dataclass
@@ -116,7 +115,7 @@ class LoadGenerator:
                 self.result.latencies.append(latency)
                 self.result.intended_latencies.append(late + latency)
                 if self.keep_samples:
-                    self.result.samples.append(Sample(sent_at, latency, host, late + latency, release or ""))
+                    self.result.samples.append(Sample(sent_at, latency, host, late + latency))
             if release:
                 self.result.releases[release] = self.result.releases.get(release, 0) + 1
 

@@ -9,14 +9,12 @@ so it runs on a read-only root filesystem. `app.py --healthcheck` is the image's
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import signal
 import socket
 import sys
 import threading
-import time
 from http.client import HTTPConnection
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -28,12 +26,6 @@ HOST_NAME = os.environ.get("FLEETDEPLOY_HOST", socket.gethostname())
 _UNHEALTHY = os.environ.get("DEMO_UNHEALTHY", "false").lower()
 UNHEALTHY = _UNHEALTHY == "true" or HOST_NAME in _UNHEALTHY.split(",")
 MAX_BODY = int(os.environ.get("DEMO_MAX_BODY", str(1024 * 1024)))
-# Faults a health check cannot see, for the canary tests' own build (tests/fixtures/unhealthy_demo) and
-# never set by playbooks/build.yml: DEMO_FAIL_PERCENT of the GET / requests answered 500 (every 100/N-th
-# one, so the share is exact), DEMO_DELAY_MS added to every request but the health check.
-FAIL_PERCENT = float(os.environ.get("DEMO_FAIL_PERCENT", "0"))
-DELAY_SECONDS = float(os.environ.get("DEMO_DELAY_MS", "0")) / 1000
-_pages = itertools.count(1)
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -55,12 +47,7 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        if self.path != "/healthz" and DELAY_SECONDS:
-            time.sleep(DELAY_SECONDS)
         if self.path == "/":
-            if FAIL_PERCENT and next(_pages) % round(100 / FAIL_PERCENT) == 0:
-                self._send(500, {"error": f"failed on purpose: built with demo_fail_percent={FAIL_PERCENT:g}"})
-                return
             self._send(200, {"service": "demo", "release": RELEASE, "host": HOST_NAME})
         elif self.path == "/version":
             self._send(200, {"release": RELEASE})
@@ -81,8 +68,6 @@ class Handler(BaseHTTPRequestHandler):
             self._send(413, {"error": f"body over {MAX_BODY} bytes"})
             return
         body = self.rfile.read(length)
-        if DELAY_SECONDS:
-            time.sleep(DELAY_SECONDS)
         self._send(200, body, self.headers.get("Content-Type") or "application/octet-stream")
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002

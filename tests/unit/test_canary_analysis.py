@@ -30,7 +30,7 @@ from test_release_record import load
 analysis = load("fleetdeploy_canary_analysis", REPO / "library" / "fleetdeploy_canary_analysis.py")
 
 CHECKS = yaml.safe_load((REPO / "monitoring" / "canary.yml").read_text())
-# The deploy's defaults (inventories/*/group_vars/all/deploy.yml).
+# The thresholds a deploy is to pass by default.
 THRESHOLDS = {"min_success_ratio": 0.99, "max_p99_seconds": 2.0, "max_p99_ratio": 1.5,
               "p99_ratio_floor_seconds": 0.05, "min_requests": 10}
 METRIC = "fleetdeploy_http_request_duration_seconds"
