@@ -141,8 +141,12 @@ class Lab:
         return [host for host in self.hosts() if host.startswith("app")]
 
     def release_on(self, host: str) -> str:
-        answer = self.exec(host, "curl", "-sS", "--max-time", "5", "http://127.0.0.1:80/version")
-        return json.loads(answer)["release"]
+        # Read again when the exec hands back nothing (a full run's release_on once got no output at all).
+        answer = self.read(host, "curl", "-sS", "--max-time", "5", "http://127.0.0.1:80/version")
+        try:
+            return str(json.loads(answer)["release"])
+        except ValueError:
+            raise AssertionError(f"{host}'s /version answered {answer[:300]!r}") from None
 
     def record(self, host: str, service: str = "demo") -> dict:
         return json.loads(self.exec(host, "cat", f"/var/lib/fleetdeploy/releases/{service}.json"))
