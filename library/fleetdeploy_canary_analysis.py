@@ -203,8 +203,12 @@ def analyse(prometheus: Prometheus, checks: dict[str, Any], canary: list[str], b
             thresholds: dict[str, Any]) -> tuple[str, list[str], dict[str, ServiceResult]]:
     """(verdict, findings, per-service results). Raises NoAnswer when Prometheus cannot be asked."""
     min_requests = float(thresholds.get("min_requests", 1))
-    requests = {side: prometheus.per_service(render(checks["requests"], hosts, window))
+
+    def on_both_sides(query: str) -> dict[str, dict[str, float]]:
+        return {side: prometheus.per_service(render(query, hosts, window))
                 for side, hosts in (("canary", canary), ("baseline", baseline))}
+
+    requests = on_both_sides(checks["requests"])
     # Every service either side answered. One the baseline did not (a 100 % step, where the old hosts take no
     # requests; a service new in the release) is held to the limits that need no baseline.
     judged = sorted({service for side in requests.values() for service, count in side.items() if count > 0})
@@ -218,8 +222,7 @@ def analyse(prometheus: Prometheus, checks: dict[str, Any], canary: list[str], b
     if findings:
         return "inconclusive", findings, results
     for check in checks["checks"]:
-        values = {side: prometheus.per_service(render(check["query"], hosts, window))
-                  for side, hosts in (("canary", canary), ("baseline", baseline))}
+        values = on_both_sides(check["query"])
         for service, result in results.items():
             mine, theirs = values["canary"].get(service), values["baseline"].get(service)
             result.values[check["name"]] = {"canary": mine, "baseline": theirs}

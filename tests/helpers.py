@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -23,6 +24,13 @@ SLOT_SUFFIX = str(SLOT) if SLOT else ""
 def slot_port(port: int) -> int:
     """A test lab's port, moved by 20 per slot (a lab publishes at most a few ports from each base)."""
     return port + 20 * SLOT
+
+
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on now, for a server a test starts."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 # What `docker run` needs to boot one of the host images as the shared Molecule platform does
 # (.config/molecule/config.yml), with fewer capabilities: for throw-away hosts of tests and benchmarks.

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import socket
 import subprocess
 import time
 import urllib.request
@@ -21,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO
+from helpers import REPO, free_port
 from test_monitoring_rules import _unpack
 
 PROGRAM = REPO / "roles" / "exporters" / "files" / "fleetdeploy_requests.mtail"
@@ -126,12 +125,6 @@ def test_the_program_counts_each_request_by_service_and_status_in_its_bucket(mta
         for labels, _ in samples[f"{METRIC}_{suffix}"]:
             assert set(labels) - {"le"} == {"prog", "service", "status"}, labels
             assert labels["prog"] == PROGRAM.name and labels["service"], labels
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
-from helpers import REPO, VENV_BIN, env
+from helpers import REPO, VENV_BIN, env, free_port
 from test_monitoring_rules import _unpack
 from test_release_record import load
 
@@ -72,12 +72,6 @@ def history(end: int) -> str:
     for suffix, samples in families.items():
         lines += [f"# TYPE {METRIC}_{suffix} unknown", *samples]
     return "\n".join([*lines, "# EOF", ""])
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

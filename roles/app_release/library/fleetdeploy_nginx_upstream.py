@@ -73,6 +73,11 @@ def _read(path: str) -> bytes:
         return b""
 
 
+def takes_requests(pid: int | str) -> bool:
+    """Whether the process is a worker that takes new requests: one shutting down renames itself."""
+    return _read(f"/proc/{pid}/cmdline").rstrip(b"\0 ") == WORKER
+
+
 def accepting_workers(pid_file: str) -> set[int]:
     """The nginx master's workers that still take new requests (not those shutting down)."""
     master = _read(pid_file).strip()
@@ -85,7 +90,7 @@ def accepting_workers(pid_file: str) -> set[int]:
             continue
         # /proc/PID/stat: "pid (comm) state ppid ..."; comm may hold spaces, so split after its ")".
         fields = _read(f"/proc/{entry}/stat").rpartition(b")")[2].split()
-        if len(fields) > 1 and fields[1] == master and _read(f"/proc/{entry}/cmdline").rstrip(b"\0 ") == WORKER:
+        if len(fields) > 1 and fields[1] == master and takes_requests(entry):
             found.add(int(entry))
     return found
 
@@ -94,7 +99,7 @@ def wait_replaced(module: AnsibleModule, old: set[int], timeout: float) -> None:
     """Wait until none of `old` still takes requests: each has exited or renamed itself "... is shutting down"."""
     deadline = time.monotonic() + timeout
     while True:
-        left = {pid for pid in old if _read(f"/proc/{pid}/cmdline").rstrip(b"\0 ") == WORKER}
+        left = {pid for pid in old if takes_requests(pid)}
         if not left:
             return
         if time.monotonic() >= deadline:
