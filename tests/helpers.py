@@ -148,11 +148,17 @@ def link_demo_group_vars(inventory: Path) -> None:
     link_group_vars(inventory, DEMO_SERVICES)
 
 
+def host_clock(exec_on: Callable[..., str], host: str) -> str:
+    """The host's clock now as epoch seconds with nanoseconds, the form `docker events --since` takes: whole
+    seconds would also take in the events of the second before, such as the previous deploy's last start.
+    `exec_on(host, *command)` runs a command on a lab host and returns its output."""
+    return exec_on(host, "date", "+%s.%N").strip()
+
+
 def worker_events(exec_on: Callable[..., str], host: str, since: str, service: str) -> list[tuple[str, str, str]]:
-    """The host's Docker events of the service's containers since `since` (the host's epoch seconds):
-    (action, container name, exit code) in order; the stream ends at the host's clock now. `exec_on(host,
-    *command)` runs a command on a lab host and returns its output."""
-    until = exec_on(host, "date", "+%s").strip()
+    """The host's Docker events of the service's containers since `since` (host_clock's answer): (action,
+    container name, exit code) in order; the stream ends at the host's clock now."""
+    until = host_clock(exec_on, host)
     lines = exec_on(host, "docker", "events", "--since", since, "--until", until, "--filter", "type=container",
                     "--filter", f"label=org.fleetdeploy.service={service}",
                     "--format", "{{.Action}} {{.Actor.Attributes.name}} {{.Actor.Attributes.exitCode}}").splitlines()

@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from app_traffic import PARCEL, AppTraffic, Traffic, sign_in
-from helpers import REPO, SLOT_SUFFIX, Run, link_group_vars, playbook, slot_port, worker_events
+from helpers import REPO, SLOT_SUFFIX, Run, host_clock, link_group_vars, playbook, slot_port, worker_events
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -191,7 +191,7 @@ def test_v1_to_v2_of_every_service_on_three_hosts_keeps_sessions_uploads_and_ans
     cookie = f"sessionid={before_session.cookies['sessionid']}"
     search = before_session.get("/postcode/search", params={"code": "80"}).json()
     parcel = before_session.get(f"/tracking/parcels/{QUIET_PARCEL}").json()
-    since = {host: lab.exec(host, "date", "+%s").strip() for host in lab.app_hosts()}
+    since = {host: host_clock(lab.exec, host) for host in lab.app_hosts()}
 
     traffic_since = time.time()
     with AppTraffic(HTTP_PORT, "demo", lab.password(), rate=RATE, connections=CONNECTIONS) as traffic:

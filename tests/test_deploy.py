@@ -28,8 +28,8 @@ import yaml
 
 from console_server import CONSOLE, Server, chromium_page, sign_in, start_server
 from fleetdeploy.loadgen import LoadGenerator, Result
-from helpers import (DEMO_SERVICES, REPO, SLOT_SUFFIX, VENV_BIN, Run, env, link_demo_group_vars, playbook, slot_port,
-                     worker_events)
+from helpers import (DEMO_SERVICES, REPO, SLOT_SUFFIX, VENV_BIN, Run, env, host_clock, link_demo_group_vars, playbook,
+                     slot_port, worker_events)
 from helpers import run as run_command
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
@@ -460,7 +460,7 @@ def test_a_worker_starts_before_its_old_copy_stops_and_a_singleton_never_runs_tw
         # Every host at once (a batch of 100%): only workers change, which no host drains for.
         lab.play("deploy.yml", release="v1", deploy_services=with_workers, deploy_release_overrides={"demo": "v2"},
                  deploy_serial="100%").check()
-        since = {host: lab.exec(host, "date", "+%s").strip() for host in lab.app_hosts()}
+        since = {host: host_clock(lab.exec, host) for host in lab.app_hosts()}
         run, load = lab.under_load("deploy.yml", release="v2", deploy_services=with_workers, deploy_serial="100%")
         run.check()
         assert_no_failures(load)
