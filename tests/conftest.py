@@ -1,3 +1,5 @@
+import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,3 +33,17 @@ def pytest_collection_modifyitems(items: list) -> None:
                     len(LONGEST_FIRST))
 
     items.sort(key=rank)
+
+
+def pytest_runtest_logreport(report: Any) -> None:
+    """With FD_TEST_TIMELINE set to a file, one JSON line per test phase: the worker that ran it, the test,
+    the phase (setup, call, teardown) and its start and stop (epoch seconds). It shows which worker was
+    the suite's longest chain, and what it ran (benchmarks/suite_timeline.py draws it)."""
+    path = os.environ.get("FD_TEST_TIMELINE")
+    if not path or os.environ.get("PYTEST_XDIST_WORKER"):
+        return  # under xdist the controller writes every worker's reports, each once
+    node = getattr(report, "node", None)
+    worker = node.gateway.id if node is not None else "main"
+    with open(path, "a", encoding="utf-8") as timeline:
+        timeline.write(json.dumps({"worker": worker, "test": report.nodeid, "phase": report.when,
+                                   "start": report.start, "stop": report.stop, "outcome": report.outcome}) + "\n")
