@@ -125,8 +125,9 @@ def ingest_capacity(root: Path, raw_events: list[dict[str, Any]]) -> tuple[float
     Per second of wall time and per second of this process's CPU time (which a busy machine skews less)."""
     from fleetdeploy.console.config import load
     from fleetdeploy.console.db import Job, make_engine, migrate, session_factory
-    from fleetdeploy.console.jobs import _END, JobManager, LiveJob
-    from fleetdeploy.console.notify import Notifier
+    from fleetdeploy.console.runner.live import END, LiveJob
+    from fleetdeploy.console.runner.manager import JobManager
+    from fleetdeploy.console.runner.notify import Notifier
 
     data = Path(tempfile.mkdtemp(dir=root))
     url = f"sqlite:///{data / 'console.db'}"
@@ -145,7 +146,7 @@ def ingest_capacity(root: Path, raw_events: list[dict[str, Any]]) -> tuple[float
     ingester.start()
     for event in raw_events:
         live.events.put(dict(event))
-    live.events.put(_END)
+    live.events.put(END)
     ingester.join()
     manager.writer.drain()
     return len(raw_events) / (time.monotonic() - start), len(raw_events) / (time.process_time() - cpu)

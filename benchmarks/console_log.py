@@ -1,4 +1,4 @@
-"""Measure reading a job's log back (fleetdeploy.console.joblog) and print the figures as JSON.
+"""Measure reading a job's log back (fleetdeploy.console.domain.joblog) and print the figures as JSON.
 
 A synthetic job of `--hosts` hosts and `--tasks` tasks (a start and a result event per host and task,
 as ansible-runner sends them): the time to build one host's log, to search the whole output, and to
@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from fleetdeploy.console import joblog
+from fleetdeploy.console.domain import joblog
 
 
 def synthetic_job(hosts: int, tasks: int) -> list[dict[str, Any]]:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from fleetdeploy.console import config as configmod
 from fleetdeploy.console.db import migrate
-from fleetdeploy.console.security import CLI_PRINCIPAL, MIN_PASSWORD, ROLES, TOKEN_ROLES
+from fleetdeploy.console.security import CLI_PRINCIPAL, ROLES, TOKEN_ROLES
 
 
 def _load(args: argparse.Namespace) -> configmod.Config:
@@ -31,9 +31,9 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from fleetdeploy.console.app import create_app
+    from fleetdeploy.console.domain.console import Console
     from fleetdeploy.console.server import serve
-    from fleetdeploy.console.service import Console
+    from fleetdeploy.console.web.factory import create_app
 
     cfg = _load(args)
     configmod.scrub_environment(cfg)
@@ -42,7 +42,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     console = Console(cfg)
     # Forwarded headers are the app's business (security.trusted_proxies), not uvicorn's.
-    serve(create_app(cfg, console), console.jobs.shutdown, host=args.host, port=args.port, proxy_headers=False,
+    serve(create_app(cfg, console), console.stop, host=args.host, port=args.port, proxy_headers=False,
           log_level=args.log_level, access_log=args.access_log)
     return 0
 
@@ -54,25 +54,20 @@ def _read_password(args: argparse.Namespace) -> str:
         password = getpass.getpass(f"Password for {args.name}: ")
         if getpass.getpass("Again: ") != password:
             sys.exit("fleetdeploy-console: the passwords differ")
-    if len(password) < MIN_PASSWORD:
-        sys.exit(f"fleetdeploy-console: a password needs at least {MIN_PASSWORD} characters")
     return password
 
 
-def _environments(text: str | None) -> list[str] | None:
-    names = [n.strip() for n in (text or "").split(",") if n.strip()]
-    return names or None
-
-
 def cmd_create_user(args: argparse.Namespace) -> int:
-    from fleetdeploy.console.service import Console, ConsoleError
+    from fleetdeploy.console.domain.admin import parse_environments
+    from fleetdeploy.console.domain.console import Console
+    from fleetdeploy.console.domain.errors import ConsoleError
 
     cfg = _load(args)
     migrate(cfg.database)
-    envs = _environments(args.environments)
+    envs = parse_environments(args.environments)
     password = _read_password(args)
     try:
-        # The same rules as the pages and the API, as an admin of every environment (see CLI_PRINCIPAL).
+        # The same code as the pages and the API, as an admin of every environment (see CLI_PRINCIPAL).
         Console(cfg).save_user(CLI_PRINCIPAL, args.name, args.role, envs, password, update=args.update)
     except ConsoleError as exc:
         hint = " (use --update to change it)" if exc.status == 409 else ""
@@ -83,12 +78,14 @@ def cmd_create_user(args: argparse.Namespace) -> int:
 
 
 def cmd_create_token(args: argparse.Namespace) -> int:
-    from fleetdeploy.console.service import Console, ConsoleError
+    from fleetdeploy.console.domain.admin import parse_environments
+    from fleetdeploy.console.domain.console import Console
+    from fleetdeploy.console.domain.errors import ConsoleError
 
     cfg = _load(args)
     migrate(cfg.database)
     try:
-        _, token = Console(cfg).create_token(CLI_PRINCIPAL, args.name, args.role, _environments(args.environments))
+        _, token = Console(cfg).create_token(CLI_PRINCIPAL, args.name, args.role, parse_environments(args.environments))
     except ConsoleError as exc:
         sys.exit(f"fleetdeploy-console: {exc.message}")
     # The token alone on stdout, so scripts can capture it; it is not shown again.
@@ -97,8 +94,11 @@ def cmd_create_token(args: argparse.Namespace) -> int:
 
 
 def _name(text: str) -> str:
-    if not 1 <= len(text) <= 64 or text != text.strip():
-        raise argparse.ArgumentTypeError("a name has 1 to 64 characters and no surrounding spaces")
+    """A user's or token's name, refused as a usage error (exit 2) before anything else is read."""
+    from fleetdeploy.console.domain.admin import NAME_RULE, valid_name
+
+    if not valid_name(text):
+        raise argparse.ArgumentTypeError(NAME_RULE)
     return text
 
 
@@ -123,7 +123,7 @@ def parser() -> argparse.ArgumentParser:
     u = sub.add_parser("create-user", parents=[common], help="add a user (or change one with --update)")
     u.add_argument("name", type=_name)
     u.add_argument("--role", choices=ROLES, required=True)
-    u.add_argument("--environments", help="comma-separated; default every environment")
+    u.add_argument("--environments", help="separated by commas or spaces; default every environment")
     u.add_argument("--password-stdin", action="store_true", help="read the password from the first line of stdin")
     u.add_argument("--update", action="store_true", help="change an existing user's role, scope and password")
     u.set_defaults(func=cmd_create_user)
@@ -131,7 +131,7 @@ def parser() -> argparse.ArgumentParser:
     t = sub.add_parser("create-token", parents=[common], help="create an API token and print it once")
     t.add_argument("name", type=_name)
     t.add_argument("--role", choices=TOKEN_ROLES, required=True)
-    t.add_argument("--environments", help="comma-separated; default every environment")
+    t.add_argument("--environments", help="separated by commas or spaces; default every environment")
     t.set_defaults(func=cmd_create_token)
 
     m = sub.add_parser("migrate", parents=[common], help="bring the database to the newest schema")

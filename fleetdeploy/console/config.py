@@ -1,14 +1,20 @@
-"""The console's configuration file: environments are inventories, actions are playbooks."""
+"""The console's configuration file: environments are inventories, actions are playbooks.
+
+ConfigFile and its sections type the file as written, and check it once, when load() reads it (pydantic,
+strict: unknown keys and values of the wrong type are refused, each named by its place in the file);
+load() then resolves it into a Config: paths made absolute, secrets read, defaults filled in.
+"""
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
 
 import jsonschema
 import yaml
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
 
 from fleetdeploy.console.schedule import Cron, CronError, Schedule
 
@@ -52,29 +58,10 @@ ROLL_EXTRA_VARS_SCHEMA: dict[str, Any] = {
     },
 }
 
-# The three actions every fleetdeploy checkout has; the config file may override or add to them.
-DEFAULT_ACTIONS: dict[str, dict[str, Any]] = {
-    "deploy": {
-        "playbook": "deploy.yml",
-        "description": "Roll a release across the fleet, batch by batch",
-        "release": {"variable": "release", "repository": None},
-        "extra_vars_schema": ROLL_EXTRA_VARS_SCHEMA,
-    },
-    "rollback": {
-        "playbook": "rollback.yml",
-        "description": "Put the previous release back",
-        "release": {"variable": "release", "repository": None, "required": False},
-        "extra_vars_schema": ROLL_EXTRA_VARS_SCHEMA,
-    },
-    # An admin's action, but a scoped admin is still no owner of the inventory: no extra vars at all.
-    "provision": {"playbook": "site.yml", "description": "Converge every host to its roles",
-                  "extra_vars_schema": {"type": "object", "additionalProperties": False}},
-}
-
-
 # What a launch may ask of ansible-playbook beyond its extra vars, where the action's `allow` lists it:
 # `limit` a host pattern (--limit), `check` a dry run (--check), `diff` the changes shown (--diff).
-LAUNCH_OPTIONS = ("limit", "check", "diff")
+LaunchOption = Literal["limit", "check", "diff"]
+LAUNCH_OPTIONS: tuple[str, ...] = get_args(LaunchOption)
 
 
 class ConfigError(ValueError):
@@ -183,129 +170,150 @@ class Config:
         return shown_database(self.database)
 
 
-_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "additionalProperties": False,
-    "properties": {
-        "project_dir": {"type": "string"},
-        "data_dir": {"type": "string"},
-        "database": {"type": "string"},
-        "database_password_file": {"type": "string"},
-        "database_password_env": {"type": "string"},
-        "ansible_config": {"type": "string"},
-        "envvars": {"type": "object", "additionalProperties": {"type": "string"}},
-        "vault": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {"password_file": {"type": "string"}, "password_env": {"type": "string"}},
-        },
-        "registry": {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["url"],
-            "properties": {
-                "url": {"type": "string"},
-                "username": {"type": "string"},
-                "password_env": {"type": "string"},
-                "password_file": {"type": "string"},
-                "ca_file": {"type": "string"},
-                "timeout": {"type": "number"},
-            },
-        },
-        # Names and services are stored in 64-character columns (PostgreSQL holds the console to that).
-        "environments": {
-            "type": "object",
-            "propertyNames": {"minLength": 1, "maxLength": 64},
-            "additionalProperties": {
-                "type": "object",
-                "additionalProperties": False,
-                "required": ["inventory"],
-                "properties": {
-                    "inventory": {"type": "string"},
-                    "description": {"type": "string"},
-                    # A launch of these actions waits until another person approves it (every action when
-                    # `actions` is left out), and expires after `timeout_minutes` (60 by default).
-                    "approval": {
-                        "type": "object",
-                        "additionalProperties": False,
-                        "properties": {
-                            "actions": {"type": "array", "minItems": 1, "uniqueItems": True,
-                                        "items": {"type": "string", "minLength": 1}},
-                            "timeout_minutes": {"type": "number", "exclusiveMinimum": 0,
-                                                "maximum": MAX_APPROVAL_MINUTES},
-                        },
-                    },
-                    # Actions launched by themselves at the minutes (UTC) of `cron`, as an admin of this
-                    # environment: release and extra_vars as a launch gives them.
-                    "schedules": {
-                        "type": "array",
-                        "maxItems": 50,
-                        "items": {
-                            "type": "object",
-                            "additionalProperties": False,
-                            "required": ["name", "action", "cron"],
-                            "properties": {
-                                "name": {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,47}$"},
-                                "action": {"type": "string", "minLength": 1},
-                                "cron": {"type": "string"},
-                                "release": {"type": "string"},
-                                "extra_vars": {"type": "object"},
-                            },
-                        },
-                    },
-                },
-            },
-        },
-        "actions": {
-            "type": "object",
-            "propertyNames": {"minLength": 1, "maxLength": 64},
-            "additionalProperties": {
-                "type": "object",
-                "additionalProperties": False,
-                "required": ["playbook"],
-                "properties": {
-                    "playbook": {"type": "string"},
-                    "description": {"type": "string"},
-                    "service": {"type": "string", "maxLength": 64},
-                    "release": {
-                        "type": ["object", "null"],
-                        "additionalProperties": False,
-                        "properties": {
-                            "variable": {"type": "string"},
-                            "repository": {"type": ["string", "null"]},
-                            "required": {"type": "boolean"},
-                        },
-                    },
-                    "extra_vars_schema": {"type": "object"},
-                    "role": {"enum": ["deployer", "admin"]},
-                    "allow": {"type": "array", "uniqueItems": True, "items": {"enum": list(LAUNCH_OPTIONS)}},
-                },
-            },
-        },
-        "notifications": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {"webhook_url": {"type": "string"}},
-        },
-        "retention": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {"days": {"type": "integer", "minimum": 1}, "jobs": {"type": "integer", "minimum": 1}},
-        },
-        "security": {
-            "type": "object",
-            "additionalProperties": False,
-            "properties": {
-                "secure_cookies": {"enum": ["auto", "always", "never"]},
-                "session_hours": {"type": "number", "exclusiveMinimum": 0},
-                "redact_values_env": {"type": "array", "items": {"type": "string"}},
-                "max_body_bytes": {"type": "integer", "minimum": 1024},
-                "login_attempts": {"type": "integer", "minimum": 1},
-                "login_window_seconds": {"type": "integer", "minimum": 1},
-                "trusted_proxies": {"type": "array", "items": {"type": "string", "minLength": 1}},
-            },
-        },
-    },
+# ----- the file as written: every key typed, and checked once, when load() reads it -------------------
+
+def _name(value: str) -> str:
+    """An environment's or an action's name: stored in 64-character columns (PostgreSQL holds the console to that)."""
+    if not value:
+        raise ValueError("a name may not be empty")
+    if len(value) > 64:
+        raise ValueError(f"{value!r} is too long (at most 64 characters)")
+    return value
+
+
+_Name = Annotated[str, AfterValidator(_name)]
+_Text = Annotated[str, StringConstraints(min_length=1)]
+
+
+def _unique(values: list[str] | None) -> list[str] | None:
+    if values is not None and len(set(values)) != len(values):
+        raise ValueError("an item is listed twice")
+    return values
+
+
+class _FileSection(BaseModel):
+    """A part of the config file: unknown keys are refused, no value is converted (3 is no string), and a key
+    written with no value is refused rather than read as left out: `approval:` alone must not quietly
+    turn an environment's approvals off, nor `registry:` the check of its tags."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_empty_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            empty = [str(key) for key, value in data.items() if value is None]
+            if empty:
+                raise ValueError(f"{', '.join(empty)}: written with no value; give one or leave the key out")
+        return data
+
+
+class VaultFile(_FileSection):
+    password_file: str | None = None
+    password_env: str | None = None
+
+
+class RegistryFile(_FileSection):
+    url: str
+    username: str | None = None
+    password_env: str | None = None
+    password_file: str | None = None
+    ca_file: str | None = None
+    timeout: float = 5.0
+
+
+class ApprovalFile(_FileSection):
+    """A launch of these actions waits until another person approves it (every action when `actions` is left
+    out), and expires after `timeout_minutes`."""
+
+    actions: Annotated[list[_Text] | None, AfterValidator(_unique)] = Field(default=None, min_length=1)
+    timeout_minutes: float = Field(default=60.0, gt=0, le=MAX_APPROVAL_MINUTES)
+
+
+class ScheduleFile(_FileSection):
+    """An action launched by itself at the minutes (UTC) of `cron`, as an admin of its environment: release and
+    extra_vars as a launch gives them."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,47}$")
+    action: _Text
+    cron: str
+    release: str | None = None
+    extra_vars: dict[str, Any] = Field(default_factory=dict)
+
+
+class EnvironmentFile(_FileSection):
+    inventory: str
+    description: str = ""
+    approval: ApprovalFile | None = None
+    schedules: list[ScheduleFile] = Field(default_factory=list, max_length=50)
+
+
+class ReleaseFile(_FileSection):
+    variable: str = "release"
+    repository: str | None = None
+    required: bool = True
+
+
+class ActionFile(_FileSection):
+    playbook: str
+    description: str = ""
+    service: str | None = Field(default=None, max_length=64)
+    release: ReleaseFile | None = None
+    extra_vars_schema: dict[str, Any] = Field(default_factory=lambda: {"type": "object"})
+    # None: deploy and rollback are a deployer's, every other action an admin's.
+    role: Literal["deployer", "admin"] | None = None
+    allow: Annotated[list[LaunchOption], AfterValidator(_unique)] = Field(default_factory=list)
+
+
+class NotificationsFile(_FileSection):
+    webhook_url: str | None = None
+
+
+class RetentionFile(_FileSection):
+    days: int = Field(default=30, ge=1)
+    jobs: int = Field(default=500, ge=1)
+
+
+class SecurityFile(_FileSection):
+    secure_cookies: Literal["auto", "always", "never"] = "auto"
+    session_hours: float = Field(default=12.0, gt=0)
+    redact_values_env: list[str] = Field(default_factory=list)
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    login_attempts: int = Field(default=5, ge=1)
+    login_window_seconds: int = Field(default=300, ge=1)
+    trusted_proxies: list[_Text] = Field(default_factory=lambda: ["127.0.0.1"])
+
+
+class ConfigFile(_FileSection):
+    """The console's config file (docs/console.md, "Config file"); load() turns it into a Config."""
+
+    project_dir: str | None = None
+    data_dir: str | None = None
+    database: str | None = None
+    database_password_file: str | None = None
+    database_password_env: str | None = None
+    ansible_config: str | None = None
+    envvars: dict[str, str] = Field(default_factory=dict)
+    vault: VaultFile = VaultFile()
+    registry: RegistryFile | None = None
+    # Left out: every directory under the project's inventories/. Given: these environments only.
+    environments: dict[_Name, EnvironmentFile] = Field(default_factory=dict)
+    # Left out: DEFAULT_ACTIONS. Given: these actions only.
+    actions: dict[_Name, ActionFile] = Field(default_factory=dict)
+    notifications: NotificationsFile = NotificationsFile()
+    retention: RetentionFile = RetentionFile()
+    security: SecurityFile = SecurityFile()
+
+
+# The three actions every fleetdeploy checkout has; the config file's `actions` replace them.
+DEFAULT_ACTIONS: dict[str, ActionFile] = {
+    "deploy": ActionFile(playbook="deploy.yml", description="Roll a release across the fleet, batch by batch",
+                         release=ReleaseFile(), extra_vars_schema=ROLL_EXTRA_VARS_SCHEMA),
+    "rollback": ActionFile(playbook="rollback.yml", description="Put the previous release back",
+                           release=ReleaseFile(required=False), extra_vars_schema=ROLL_EXTRA_VARS_SCHEMA),
+    # An admin's action, but a scoped admin is still no owner of the inventory: no extra vars at all.
+    "provision": ActionFile(playbook="site.yml", description="Converge every host to its roles",
+                            extra_vars_schema={"type": "object", "additionalProperties": False}),
 }
 
 
@@ -366,35 +374,36 @@ def default_data_dir() -> Path:
 
 def load(path: Path | None, database: str | None = None, data_dir: Path | None = None) -> Config:
     """Read the config file (YAML); with no file, the checkout's own inventories and the three actions."""
-    raw: dict[str, Any] = {}
+    file = ConfigFile()
     base = REPO
     if path is not None:
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            raw = yaml.safe_load(path.read_text())
         except (OSError, yaml.YAMLError) as exc:
             raise ConfigError(f"{path}: {exc}") from exc
         try:
-            jsonschema.validate(raw, _SCHEMA)
-        except jsonschema.ValidationError as exc:
-            where = "/".join(str(p) for p in exc.absolute_path) or "top level"
-            raise ConfigError(f"{path}: {where}: {exc.message}") from exc
+            file = ConfigFile.model_validate({} if raw is None else raw)
+        except ValidationError as exc:
+            error = exc.errors()[0]
+            where = "/".join(str(p) for p in error["loc"]) or "top level"
+            raise ConfigError(f"{path}: {where}: {error['msg']}") from None
         base = path.resolve().parent
 
     def resolve(value: str, root: Path) -> Path:
         p = Path(os.path.expanduser(value))
         return p if p.is_absolute() else (root / p).resolve()
 
-    project_dir = resolve(raw["project_dir"], base) if "project_dir" in raw else REPO
-    data = data_dir or (resolve(raw["data_dir"], base) if "data_dir" in raw else default_data_dir())
-    password_file = resolve(raw["database_password_file"], base) if "database_password_file" in raw else None
-    db = database_url(database or raw.get("database") or f"sqlite:///{data / 'console.db'}",
-                      _database_password(password_file, raw.get("database_password_env")))
+    def resolved(value: str | None, root: Path) -> Path | None:
+        return None if value is None else resolve(value, root)
 
-    if "environments" in raw:
-        environments = {
-            name: Environment(name, resolve(env["inventory"], project_dir), env.get("description", ""))
-            for name, env in raw["environments"].items()
-        }
+    project_dir = resolved(file.project_dir, base) or REPO
+    data = data_dir or resolved(file.data_dir, base) or default_data_dir()
+    db = database_url(database or file.database or f"sqlite:///{data / 'console.db'}",
+                      _database_password(resolved(file.database_password_file, base), file.database_password_env))
+
+    if "environments" in file.model_fields_set:
+        environments = {name: Environment(name, resolve(env.inventory, project_dir), env.description)
+                        for name, env in file.environments.items()}
     else:
         inv_root = project_dir / "inventories"
         environments = {
@@ -403,38 +412,36 @@ def load(path: Path | None, database: str | None = None, data_dir: Path | None =
             if d.is_dir()
         }
 
-    merged = {**DEFAULT_ACTIONS, **raw.get("actions", {})} if "actions" not in raw else raw["actions"]
+    specs = file.actions if "actions" in file.model_fields_set else DEFAULT_ACTIONS
     actions: dict[str, Action] = {}
-    for name, spec in merged.items():
-        release = spec.get("release")
-        schema = spec.get("extra_vars_schema", {"type": "object"})
+    for name, spec in specs.items():
         try:
-            jsonschema.Draft202012Validator.check_schema(schema)
+            jsonschema.Draft202012Validator.check_schema(spec.extra_vars_schema)
         except jsonschema.SchemaError as exc:
             raise ConfigError(f"action {name}: extra_vars_schema: {exc.message}") from exc
+        release = spec.release
         actions[name] = Action(
             name=name,
-            playbook=resolve(spec["playbook"], project_dir),
-            description=spec.get("description", ""),
-            release=ReleaseSpec(**release) if release is not None else None,
-            service=spec.get("service"),
-            extra_vars_schema=schema,
-            role=spec.get("role", "deployer" if name in ("deploy", "rollback") else "admin"),
-            allow=tuple(o for o in LAUNCH_OPTIONS if o in spec.get("allow", ())),
+            playbook=resolve(spec.playbook, project_dir),
+            description=spec.description,
+            release=ReleaseSpec(release.variable, release.repository, release.required) if release else None,
+            service=spec.service,
+            extra_vars_schema=spec.extra_vars_schema,
+            role=spec.role or ("deployer" if name in ("deploy", "rollback") else "admin"),
+            allow=tuple(o for o in LAUNCH_OPTIONS if o in spec.allow),
         )
 
-    for name, env in raw.get("environments", {}).items():
+    for name, env in file.environments.items():
         schedules = []
-        for index, entry in enumerate(env.get("schedules", [])):
+        for index, entry in enumerate(env.schedules):
             where = f"environments/{name}/schedules/{index}"
-            if entry["action"] not in actions:
-                raise ConfigError(f"{where}/action: unknown action {entry['action']!r} (known: {', '.join(actions)})")
+            if entry.action not in actions:
+                raise ConfigError(f"{where}/action: unknown action {entry.action!r} (known: {', '.join(actions)})")
             try:
-                cron = Cron.parse(entry["cron"])
+                cron = Cron.parse(entry.cron)
             except CronError as exc:
                 raise ConfigError(f"{where}/cron: {exc}") from exc
-            schedule = Schedule(entry["name"], name, entry["action"], cron, entry.get("release"),
-                                entry.get("extra_vars", {}))
+            schedule = Schedule(entry.name, name, entry.action, cron, entry.release, entry.extra_vars)
             if len(schedule.actor) > 64:  # the jobs' and audit entries' column
                 raise ConfigError(f"{where}/name: {schedule.actor} is over 64 characters; shorten the name")
             schedules.append(schedule)
@@ -442,58 +449,56 @@ def load(path: Path | None, database: str | None = None, data_dir: Path | None =
         if len(set(names)) != len(names):
             raise ConfigError(f"environments/{name}/schedules: two schedules have one name")
         environments[name] = replace(environments[name], schedules=tuple(schedules))
-        if "approval" not in env:
+        if env.approval is None:
             continue
-        needing = env["approval"].get("actions", list(actions))
+        needing = list(actions) if env.approval.actions is None else env.approval.actions
         unknown = [a for a in needing if a not in actions]
         if unknown:
             raise ConfigError(f"environments/{name}/approval/actions: unknown action(s) {', '.join(unknown)} "
                               f"(known: {', '.join(actions)})")
         environments[name] = replace(environments[name], approval_actions=tuple(needing),
-                                     approval_timeout_minutes=float(env["approval"].get("timeout_minutes", 60)))
+                                     approval_timeout_minutes=env.approval.timeout_minutes)
 
     registry = None
-    if "registry" in raw:
-        r = raw["registry"]
+    if file.registry is not None:
+        r = file.registry
         registry = RegistryConfig(
-            url=r["url"].rstrip("/"),
-            username=r.get("username"),
-            password_env=r.get("password_env"),
-            password_file=resolve(r["password_file"], base) if "password_file" in r else None,
-            ca_file=resolve(r["ca_file"], project_dir) if "ca_file" in r else None,
-            timeout=float(r.get("timeout", 5.0)),
-            password_value=os.environ.get(r["password_env"]) if "password_env" in r else None,
+            url=r.url.rstrip("/"),
+            username=r.username,
+            password_env=r.password_env,
+            password_file=resolved(r.password_file, base),
+            ca_file=resolved(r.ca_file, project_dir),
+            timeout=r.timeout,
+            password_value=None if r.password_env is None else os.environ.get(r.password_env),
         )
 
-    vault = raw.get("vault", {})
-    security = raw.get("security", {})
-    retention = raw.get("retention", {})
-    redact = tuple(v for name in security.get("redact_values_env", []) if (v := os.environ.get(name)))
+    vault, security = file.vault, file.security
+    redact = tuple(v for name in security.redact_values_env if (v := os.environ.get(name)))
     return Config(
         project_dir=project_dir,
         data_dir=data,
         database=db,
-        database_password_env=raw.get("database_password_env"),
+        database_password_env=file.database_password_env,
         environments=environments,
         actions=actions,
-        vault_password_file=resolve(vault["password_file"], base) if "password_file" in vault else None,
-        vault_password_env=vault.get("password_env"),
-        vault_password_value=os.environ.get(vault["password_env"]) if "password_env" in vault else None,
+        vault_password_file=resolved(vault.password_file, base),
+        vault_password_env=vault.password_env,
+        vault_password_value=None if vault.password_env is None else os.environ.get(vault.password_env),
         registry=registry,
-        webhook_url=raw.get("notifications", {}).get("webhook_url"),
-        retention_days=retention.get("days", 30),
-        retention_jobs=retention.get("jobs", 500),
-        secure_cookies=security.get("secure_cookies", "auto"),
-        session_hours=float(security.get("session_hours", 12)),
+        webhook_url=file.notifications.webhook_url,
+        retention_days=file.retention.days,
+        retention_jobs=file.retention.jobs,
+        secure_cookies=security.secure_cookies,
+        session_hours=security.session_hours,
         redact_values=redact,
-        ansible_config=resolve(raw["ansible_config"], base) if "ansible_config" in raw else (
+        ansible_config=resolved(file.ansible_config, base) or (
             project_dir / "ansible.cfg" if (project_dir / "ansible.cfg").is_file() else None
         ),
-        envvars=dict(raw.get("envvars", {})),
-        max_body_bytes=security.get("max_body_bytes", 64 * 1024),
-        login_attempts=security.get("login_attempts", 5),
-        login_window_seconds=security.get("login_window_seconds", 300),
-        trusted_proxies=_trusted_proxies(security.get("trusted_proxies", ["127.0.0.1"])),
+        envvars=dict(file.envvars),
+        max_body_bytes=security.max_body_bytes,
+        login_attempts=security.login_attempts,
+        login_window_seconds=security.login_window_seconds,
+        trusted_proxies=_trusted_proxies(security.trusted_proxies),
     )
 
 

@@ -84,8 +84,7 @@ class Job(Base):
     service: Mapped[str | None] = mapped_column(String(64), nullable=True)
     extra_vars: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     launched_by: Mapped[str] = mapped_column(String(64))
-    # queued -> running -> successful | failed | canceled | interrupted | error; a launch that needs an
-    # approval (config: environments.<name>.approval) is first pending -> queued | rejected | expired.
+    # One of status.ALL (where the names and their order are written down).
     status: Mapped[str] = mapped_column(String(16), index=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=now, index=True)
     started_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
@@ -162,6 +161,22 @@ class AuditEntry(Base):
     target: Mapped[str] = mapped_column(String(255), default="")
     detail: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     ip: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+def job_dict(job: Job) -> dict[str, Any]:
+    """A job as the API, the pages and the notifications show it."""
+    return {
+        "id": job.id, "environment": job.environment, "action": job.action, "release": job.release,
+        "service": job.service, "extra_vars": job.extra_vars, "launched_by": job.launched_by,
+        "status": job.status, "rc": job.rc, "canceled_by": job.canceled_by, "explanation": job.explanation,
+        "created_at": job.created_at.isoformat(timespec="seconds"),
+        "started_at": job.started_at.isoformat(timespec="seconds") if job.started_at else None,
+        "finished_at": job.finished_at.isoformat(timespec="seconds") if job.finished_at else None,
+        "relaunch_of": job.relaunch_of, "limit": job.limit_hosts,
+        "limit_pattern": job.limit_pattern, "check": job.check_mode, "diff": job.diff_mode,
+        "approval_deadline": job.approval_deadline.isoformat(timespec="seconds") if job.approval_deadline else None,
+        "decided_by": job.decided_by,
+    }
 
 
 def _ensure_sqlite_dir(url: str) -> None:

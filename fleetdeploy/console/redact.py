@@ -6,7 +6,7 @@ Three layers, because any one of them can be missed by a playbook author:
    wherever they appear, every scalar of a mapping or list under such a key too;
 3. every literal secret the console knows (the values in the project's and the inventory's vault files
    and inline `!vault` strings, the vault password, configured extras, the job's secret extra vars) is
-   replaced in every string. fleetdeploy.console.playbook refuses any vault value beyond those.
+   replaced in every string. fleetdeploy.console.runner.playbook refuses any vault value beyond those.
 """
 
 from __future__ import annotations
@@ -166,3 +166,10 @@ def vault_secrets(paths: Iterable[Path], password: str, skip: Iterable[Path] = (
                 pass
     found.values = {v for v in found.values if len(v) >= _MIN_SECRET}
     return found
+
+
+def secret_extra_vars(extra_vars: dict[str, Any], schema: dict[str, Any]) -> set[str]:
+    """Names of the extra vars that hold a secret: a name like a password's or token's, or `writeOnly` in the schema."""
+    props = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
+    return {k for k in extra_vars
+            if secret_key(k) or (isinstance(props.get(k), dict) and props[k].get("writeOnly") is True)}

@@ -14,22 +14,23 @@ from typing import Any
 
 import uvicorn
 
-# A backstop only: the jobs stop, and so their streams end, within a second or two of the signal.
+# A backstop only: the schedules and jobs stop, and so their streams end, within a second or two of the signal.
 GRACEFUL_SECONDS = 10
 
 
 class StoppingServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, stop_jobs: Callable[[], object]) -> None:
+    def __init__(self, config: uvicorn.Config, stop_console: Callable[[], object]) -> None:
         super().__init__(config)
-        self._stop_jobs = stop_jobs
+        self._stop_console = stop_console
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         first = not self.should_exit
         super().handle_exit(sig, frame)
-        if first:  # a signal handler must not block: the jobs stop in a thread while uvicorn closes
-            threading.Thread(target=self._stop_jobs, name="stop-jobs", daemon=True).start()
+        if first:  # a signal handler must not block: the console stops in a thread while uvicorn closes
+            threading.Thread(target=self._stop_console, name="stop-console", daemon=True).start()
 
 
-def serve(app: Any, stop_jobs: Callable[[], object], **options: Any) -> None:
-    """uvicorn.run(app, **options), with stop_jobs called on the first stop signal."""
-    StoppingServer(uvicorn.Config(app, timeout_graceful_shutdown=GRACEFUL_SECONDS, **options), stop_jobs).run()
+def serve(app: Any, stop_console: Callable[[], object], **options: Any) -> None:
+    """uvicorn.run(app, **options), with stop_console (Console.stop: the schedules, then the jobs) called on the
+    first stop signal."""
+    StoppingServer(uvicorn.Config(app, timeout_graceful_shutdown=GRACEFUL_SECONDS, **options), stop_console).run()

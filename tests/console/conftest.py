@@ -212,7 +212,7 @@ def _database_of(config: Path) -> str:
 
 def job_processes(config: Path, job_id: int) -> list[int]:
     """The processes of one job of the console that runs with this config file (polled: the file is read once)."""
-    from fleetdeploy.console.jobs import job_marker, job_processes as marked
+    from fleetdeploy.console.runner.process import job_marker, job_processes as marked
 
     return marked(job_marker(_database_of(config), job_id))
 

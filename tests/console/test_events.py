@@ -18,9 +18,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from conftest import FIXTURES
 from fleetdeploy.console.config import Config, load
 from fleetdeploy.console.db import Job, JobEvent, make_engine, migrate, session_factory
-from fleetdeploy.console.jobs import JobManager, LiveJob
-from fleetdeploy.console.notify import Notifier
-from fleetdeploy.console.writer import EventWriter
+from fleetdeploy.console.runner.live import LiveJob
+from fleetdeploy.console.runner.manager import JobManager
+from fleetdeploy.console.runner.notify import Notifier
+from fleetdeploy.console.runner.writer import EventWriter
 
 
 def console(tmp_path: Path, ansible_config: Path = FIXTURES / "ansible.cfg") -> tuple[Config, sessionmaker[Session], JobManager]:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from conftest import SECRETS, Client, Server
 
-from fleetdeploy.console import joblog
+from fleetdeploy.console.domain import joblog
 
 FIXTURE_TASKS = ["Check the release name is set", "Log in to the registry with the vaulted password",
                  "Pull the new image", "Note the release the host now serves", "Report the running release"]

@@ -20,7 +20,7 @@ from sqlalchemy import text
 
 from fleetdeploy.console.config import load
 from fleetdeploy.console.db import make_engine
-from fleetdeploy.console.jobs import JOB_MARKER, job_marker, kill_job_processes
+from fleetdeploy.console.runner.process import JOB_MARKER, job_marker, kill_job_processes
 from fleetdeploy.console.redact import MASK
 
 
@@ -259,7 +259,7 @@ def test_secrets_from_the_project_and_extra_vars_are_masked_and_kept_off_the_com
         cmdlines = [process_cmdline(int(p.name)) for p in Path("/proc").iterdir() if p.name.isdigit()]
         assert not [c for c in cmdlines if token in c], "the extra var is on a command line"
         playbook = [process_cmdline(p) for p in job_processes(server.config, job_id)
-                    if "-m fleetdeploy.console.playbook" in process_cmdline(p)]
+                    if "-m fleetdeploy.console.runner.playbook" in process_cmdline(p)]
         extravars = server.root / "data" / "runs" / str(job_id) / "env" / "extravars"
         assert any(f"@{extravars}" in c for c in playbook), playbook
         assert stat.S_IMODE(extravars.stat().st_mode) == 0o600

@@ -19,9 +19,9 @@ from conftest import PASSWORDS, Client, Server
 from console_server import chromium_page
 from console_server import sign_in as sign_in_as
 from fleetdeploy.console.config import Action, load
-from fleetdeploy.console.launchform import LaunchForm, fields_of, takes_free_vars
-from fleetdeploy.console.notify import message
-from fleetdeploy.console.service import ConsoleError
+from fleetdeploy.console.domain.errors import ConsoleError
+from fleetdeploy.console.runner.notify import message
+from fleetdeploy.console.web.launchform import LaunchForm, fields_of, takes_free_vars
 
 NOT_PASSED = "(not passed: the inventory's value)"
 

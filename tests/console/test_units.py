@@ -18,11 +18,12 @@ from conftest import CONSOLE, FIXTURES, REPOSITORY, SECRETS, TAGS, VAULT_PASSWOR
 from fleetdeploy.console import config as configmod
 from fleetdeploy.console.config import RegistryConfig
 from fleetdeploy.console.db import Base, Job, JobEvent, make_engine, migrate
-from fleetdeploy.console.grid import Grid
-from fleetdeploy.console.jobs import JobManager, slim_event
-from fleetdeploy.console.notify import Notifier, message
+from fleetdeploy.console.domain.registry import RegistryClient, RegistryError
 from fleetdeploy.console.redact import MASK, Redactor, vault_secrets
-from fleetdeploy.console.registry import RegistryClient, RegistryError
+from fleetdeploy.console.runner.events import slim_event
+from fleetdeploy.console.runner.grid import Grid
+from fleetdeploy.console.runner.manager import JobManager
+from fleetdeploy.console.runner.notify import Notifier, message
 
 
 def ev(kind: str, host: str | None = None, **data: Any) -> dict[str, Any]:
@@ -78,7 +79,7 @@ def test_slim_event_keeps_what_the_view_needs_and_masks_the_rest() -> None:
 
 
 def test_secret_extra_vars_are_told_by_their_name_or_write_only_in_the_schema() -> None:
-    from fleetdeploy.console.jobs import secret_extra_vars
+    from fleetdeploy.console.redact import secret_extra_vars
 
     schema = {"type": "object", "properties": {"pin": {"type": "string", "writeOnly": True}, "release": {}}}
     extra = {"api_token": "t", "db_password": "p", "pin": "1234", "release": "v1", "batch": 2}
@@ -165,6 +166,14 @@ def test_config_file_errors_name_the_place(tmp_path: Path) -> None:
     assert loaded.environments["prod"].approval_actions == ("deploy", "rollback", "provision")
     assert loaded.environments["prod"].approval_timeout_minutes == 60
     assert not loaded.environments["dev"].needs_approval("deploy")
+    # A key written with no value is refused, not read as left out: approvals and the registry's tag check
+    # must not be turned off by an empty line.
+    for text, place in (("environments:\n  prod:\n    inventory: i\n    approval:\n", "environments/prod"),
+                        ("registry:\n", "registry"), ("security:\n  trusted_proxies:\n", "security")):
+        path.write_text(text)
+        with pytest.raises(configmod.ConfigError, match=place) as refused:
+            configmod.load(path)
+        assert "written with no value" in str(refused.value), refused.value
 
 
 def test_database_urls_sqlite_or_postgresql_through_psycopg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -249,7 +258,7 @@ def test_a_sweep_kills_only_its_own_consoles_job() -> None:
     import os
     import signal
 
-    from fleetdeploy.console.jobs import JOB_MARKER, job_marker, job_processes, kill_job_processes
+    from fleetdeploy.console.runner.process import JOB_MARKER, job_marker, job_processes, kill_job_processes
 
     ours, theirs = job_marker("sqlite:////srv/a/console.db", 1), job_marker("sqlite:////srv/b/console.db", 1)
     assert ours != theirs
@@ -305,7 +314,8 @@ def test_login_limiter_memory_is_bounded() -> None:
 
 def test_built_in_actions_take_only_what_a_deployer_should_choose(tmp_path: Path) -> None:
     from fleetdeploy.console.security import Principal
-    from fleetdeploy.console.service import Console, ConsoleError
+    from fleetdeploy.console.domain.console import Console
+    from fleetdeploy.console.domain.errors import ConsoleError
 
     cfg = configmod.load(None, data_dir=tmp_path)
     for action in cfg.actions.values():
@@ -331,3 +341,14 @@ def test_built_in_actions_take_only_what_a_deployer_should_choose(tmp_path: Path
     with pytest.raises(ConsoleError, match="says who runs the job"):
         Console(configmod.load(path, data_dir=tmp_path)).validate_launch(ana, "staging", "open", None,
                                                                          {"deploy_actor": "someone-else"})
+
+
+def test_every_job_status_is_named_once_and_shown_everywhere() -> None:
+    from fleetdeploy.console import status
+    from fleetdeploy.console.runner.notify import ICON
+    from fleetdeploy.console.web.pages import STATUS_CLASS
+
+    assert len(set(status.ALL)) == len(status.ALL) and set(status.FINAL) | set(status.ACTIVE) < set(status.ALL)
+    assert set(STATUS_CLASS) == set(status.ALL)  # every status has its badge on the pages
+    # Chat hears of a job when it waits for an approval, starts and ends; a queued job is not announced.
+    assert set(ICON) == set(status.ALL) - {status.QUEUED}

@@ -3,7 +3,7 @@
 The console masks every secret it finds in the project's and the inventory's vaulted files before it
 stores or streams an event (redact.vault_secrets). A vaulted file it cannot see (an absolute `vars_files`
 path, a file outside the project) would reach the log in clear. So each job runs `python -m
-fleetdeploy.console.playbook ARGS...` instead of `ansible-playbook ARGS...`: this wraps Ansible's vault
+fleetdeploy.console.runner.playbook ARGS...` instead of `ansible-playbook ARGS...`: this wraps Ansible's vault
 decryption, and a plaintext that is not one the console decrypted itself makes the decryption fail, so
 the play fails before the value is used. The guard must be in place before Ansible loads the playbook
 (resolving `roles:` already reads `vars_files`), which is why it is a wrapper and not a callback plugin.

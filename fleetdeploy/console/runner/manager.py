@@ -3,28 +3,24 @@
 Threads per job: ansible-runner's own (reads the playbook's output and calls event_handler), the
 ingester (redacts, folds into the grid, fans out to the browsers from memory, hands to the writer)
 and the supervisor (starts the run, waits for it, drains the writer, finishes the job). One writer
-thread for all jobs (writer.EventWriter) stores the events in batches. event_handler only puts on a
+thread for all jobs (runner.writer.EventWriter) stores the events in batches. event_handler only puts on a
 queue: neither the database nor a browser can hold up the playbook. The hosts each play will touch come
-in the output itself (playbook.HOSTS_PREFIX), so the grid shows them as pending from the play's start.
+in the output itself (runner.playbook.HOSTS_PREFIX), so the grid shows them as pending from the play's start.
 """
 
 from __future__ import annotations
 
-import asyncio
 import configparser
 import datetime as dt
-import hashlib
 import json
 import logging
 import os
-import queue
 import shlex
 import shutil
-import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,34 +28,48 @@ import ansible_runner
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from fleetdeploy.console.config import Action, Config, Environment, shown_database
-from fleetdeploy.console.db import AuditEntry, Job, JobEvent, Release, now
-from fleetdeploy.console.grid import DIGEST_FACT, RELEASE_FACT, Grid
-from fleetdeploy.console.notify import Notifier
-from fleetdeploy.console.playbook import HOSTS_PREFIX, KNOWN_ENV, write_known
-from fleetdeploy.console.redact import MASK, MAX_STDOUT, Redactor, scalars, secret_key, vault_secrets, walk_files
-from fleetdeploy.console.writer import EventWriter
+from fleetdeploy.console.config import Action, Config, Environment
+from fleetdeploy.console.db import Job, JobEvent, Release, job_dict, now
+from fleetdeploy.console.redact import MASK, Redactor, scalars, secret_extra_vars, vault_secrets, walk_files
+from fleetdeploy.console.runner.events import announced_hosts, is_prompt, slim_event
+from fleetdeploy.console.runner.grid import Grid
+from fleetdeploy.console.runner.live import END, LiveJob
+from fleetdeploy.console.runner.notify import Notifier
+from fleetdeploy.console.runner.playbook import KNOWN_ENV, write_known
+from fleetdeploy.console.runner.process import (
+    JOB_MARKER,
+    job_marker,
+    job_processes,
+    kill_job_processes,
+    kill_process_group,
+    proc_stat,
+    process_identity,
+)
+from fleetdeploy.console.runner.writer import EventWriter
+from fleetdeploy.console.status import (
+    ACTIVE,
+    CANCELED,
+    ERROR,
+    EXPIRED,
+    FAILED,
+    FINAL,
+    INTERRUPTED,
+    PENDING,
+    QUEUED,
+    REJECTED,
+    RUNNING,
+    SUCCESSFUL,
+)
 
 log = logging.getLogger(__name__)
 
-# Every process of a job carries this variable, so a sweep of /proc finds all of them, even ones
-# that left the process group (ssh ControlPersist masters daemonise). Its value names the console's
-# job store as well as the job: two consoles on one machine (staging's and prod's) both have a job 7.
-JOB_MARKER = "FLEETDEPLOY_CONSOLE_JOB"
 BIN_DIR = os.path.dirname(sys.executable)
-PLAYBOOK_MODULE = "fleetdeploy.console.playbook"
-FINAL = ("successful", "failed", "canceled", "interrupted", "error", "rejected", "expired")
-# A launch waiting for a second person's approval (Environment.approval_actions): it holds no lock and runs nothing.
-PENDING = "pending"
+PLAYBOOK_MODULE = "fleetdeploy.console.runner.playbook"
 # pexpect_timeout: how often runner checks cancel_callback while the playbook is quiet.
 RUNNER_SETTINGS = {"suppress_output_file": True, "suppress_ansible_output": True, "pexpect_timeout": 0.25,
                    "pexpect_use_poll": True}
-_END = object()
 # Not "jsonfile": runner then leaves the fact cache settings alone (see _supervise).
 _FACT_CACHE_FROM_ANSIBLE = "ansible"
-
-# Events the console shows; verbose/debug-only ones (e.g. runner_on_start for items) still count.
-_SLIM_RES_KEYS = ("msg", "changed", "failed", "unreachable", "skipped", "rc", "stderr", "censored", "skip_reason")
 
 
 def host_key_checking(ansible_config: Path, environ: dict[str, str]) -> str:
@@ -78,7 +88,7 @@ def host_key_checking(ansible_config: Path, environ: dict[str, str]) -> str:
 
 @dataclass(frozen=True)
 class RunOptions:
-    """A launch's options for ansible-playbook (config.LAUNCH_OPTIONS), checked by service.validate_launch."""
+    """A launch's options for ansible-playbook (config.LAUNCH_OPTIONS), checked by domain.launch."""
 
     limit: str | None = None
     check: bool = False
@@ -105,223 +115,20 @@ class Busy(Exception):
         )
 
 
-@dataclass(eq=False)
-class Subscriber:
-    loop: asyncio.AbstractEventLoop
-    queue: asyncio.Queue[dict[str, Any] | None]
-
-    def push(self, msg: dict[str, Any] | None) -> None:
-        try:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, msg)
-        except RuntimeError:  # the browser's loop has closed
-            pass
-
-
-@dataclass(eq=False)
-class LiveJob:
-    """A running job as the console holds it in memory: the source for live views."""
-
-    id: int
-    environment: str
-    action: str
-    release: str | None
-    launched_by: str
-    created_at: dt.datetime
-    status: str = "queued"
-    started_at: dt.datetime | None = None
-    grid: Grid = field(default_factory=Grid)
-    messages: list[dict[str, Any]] = field(default_factory=list)
-    subscribers: set[Subscriber] = field(default_factory=set)
-    redactor: Redactor = field(default_factory=Redactor)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    cancel_requested: threading.Event = field(default_factory=threading.Event)
-    canceled_by: str | None = None
-    events: "queue.SimpleQueue[Any]" = field(default_factory=queue.SimpleQueue)
-    received: int = 0
-    done: threading.Event = field(default_factory=threading.Event)
-    # The playbook's process group and its leader's identity, once it runs (see process_identity).
-    pgid: int | None = None
-    process_start: str | None = None
-    check: bool = False
-
-    def brief(self) -> dict[str, Any]:
-        return {"id": self.id, "environment": self.environment, "action": self.action,
-                "release": self.release, "launched_by": self.launched_by, "status": self.status,
-                "check": self.check,
-                "created_at": self.created_at.isoformat(timespec="seconds"),
-                "started_at": self.started_at.isoformat(timespec="seconds") if self.started_at else None}
-
-    def publish(self, msg: dict[str, Any]) -> None:
-        with self.lock:
-            self.messages.append(msg)
-            for sub in self.subscribers:
-                sub.push(msg)
-
-    def subscribe(self, sub: Subscriber, after: int) -> list[dict[str, Any]]:
-        """Register a browser and return what it missed, atomically, so no message is lost or doubled."""
-        with self.lock:
-            self.subscribers.add(sub)
-            return [m for m in self.messages if m.get("id", after + 1) > after or m["type"] != "event"]
-
-    def unsubscribe(self, sub: Subscriber) -> None:
-        with self.lock:
-            self.subscribers.discard(sub)
-
-    def end_streams(self) -> None:
-        """Tell every browser's stream to close (a None on its queue)."""
-        with self.lock:
-            for sub in self.subscribers:
-                sub.push(None)
-
-
-def job_dict(job: Job) -> dict[str, Any]:
-    return {
-        "id": job.id, "environment": job.environment, "action": job.action, "release": job.release,
-        "service": job.service, "extra_vars": job.extra_vars, "launched_by": job.launched_by,
-        "status": job.status, "rc": job.rc, "canceled_by": job.canceled_by, "explanation": job.explanation,
-        "created_at": job.created_at.isoformat(timespec="seconds"),
-        "started_at": job.started_at.isoformat(timespec="seconds") if job.started_at else None,
-        "finished_at": job.finished_at.isoformat(timespec="seconds") if job.finished_at else None,
-        "relaunch_of": job.relaunch_of, "limit": job.limit_hosts,
-        "limit_pattern": job.limit_pattern, "check": job.check_mode, "diff": job.diff_mode,
-        "approval_deadline": job.approval_deadline.isoformat(timespec="seconds") if job.approval_deadline else None,
-        "decided_by": job.decided_by,
-    }
-
-
-def job_marker(database: str, job_id: int) -> str:
-    """The marker value of one job of the console whose job store is `database`.
-
-    The marker is in every process of the job's environment: it is made from the URL without its password.
-    """
-    return f"{hashlib.sha256(shown_database(database).encode()).hexdigest()[:12]}-{job_id}"
-
-
-def job_processes(job: str) -> list[int]:
-    """PIDs of every process that carries this job marker (see job_marker) in /proc/<pid>/environ."""
-    marker = f"{JOB_MARKER}={job}".encode()
-    found = []
-    for entry in os.scandir("/proc"):
-        if not entry.name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry.name}/environ", "rb") as fh:
-                env = fh.read()
-        except OSError:
-            continue
-        if marker + b"\0" in env or env.endswith(marker):
-            found.append(int(entry.name))
-    return found
-
-
-def _stat(pid: int) -> list[str] | None:
-    """/proc/<pid>/stat from the state on (the name before it may hold spaces): [0] state, [1] ppid, [2] pgrp,
-    [19] start time in clock ticks after boot."""
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(") ", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-
-
-def process_identity(pid: int) -> str | None:
-    """Who a PID is, not only its number: the boot and the start time (a reused PID has another start time)."""
-    fields = _stat(pid)
-    if fields is None or fields[0] == "Z":
-        return None
-    return f"{_BOOT_ID}:{fields[19]}"
-
-
-def kill_process_group(pgid: int, identity: str | None) -> bool:
-    """SIGKILL the process group `pgid` if its leader is still the process recorded as `identity`."""
-    if not identity or process_identity(pgid) != identity:
-        return False
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        return False
-    return True
-
-
-def kill_job_processes(job: str, timeout: float = 5.0) -> list[int]:
-    """SIGKILL every process group of the job (a job_marker), then wait until none is left; returns the PIDs found."""
-    pids = job_processes(job)
-    for pid in pids:
-        for kill in (lambda p: os.killpg(os.getpgid(p), signal.SIGKILL), lambda p: os.kill(p, signal.SIGKILL)):
-            try:
-                kill(pid)
-            except (ProcessLookupError, PermissionError):
-                pass
-    deadline = time.monotonic() + timeout
-    while pids and time.monotonic() < deadline:
-        alive = [p for p in job_processes(job) if _alive(p)]
-        if not alive:
-            break
-        time.sleep(0.05)
-    return pids
-
-
-def _alive(pid: int) -> bool:
-    fields = _stat(pid)
-    return fields is not None and fields[0] != "Z"
-
-
-def _read_boot_id() -> str:
-    try:
-        with open("/proc/sys/kernel/random/boot_id") as fh:
-            return fh.read().strip()
-    except OSError:
-        return "unknown-boot"
-
-
-_BOOT_ID = _read_boot_id()
-
-
 def remove_run_dir(run_dir: Path) -> None:
     """A job's private data dir holds nothing the database lacks, and may hold its environment
     (runner's `command` artifact) and its extra vars: gone at every end of the job."""
     shutil.rmtree(run_dir, ignore_errors=True)
 
 
-def secret_extra_vars(extra_vars: dict[str, Any], schema: dict[str, Any]) -> set[str]:
-    """Names of the extra vars that hold a secret: a name like a password's or token's, or `writeOnly` in the schema."""
-    props = schema.get("properties") if isinstance(schema.get("properties"), dict) else {}
-    return {k for k in extra_vars
-            if secret_key(k) or (isinstance(props.get(k), dict) and props[k].get("writeOnly") is True)}
-
-
-def slim_event(raw: dict[str, Any], redactor: Redactor) -> dict[str, Any]:
-    """The redacted event as stored and streamed: what the log and the grid need, nothing more."""
-    data = raw.get("event_data") or {}
-    res = data.get("res")
-    if isinstance(res, dict):
-        if res.get("_ansible_no_log"):
-            res = {"censored": True}
-        else:
-            facts = res.get("ansible_facts") if isinstance(res.get("ansible_facts"), dict) else {}
-            res = {k: res[k] for k in _SLIM_RES_KEYS if k in res}
-            # Of all facts, only what the dashboard and the release history show.
-            shown = {k: facts[k] for k in (RELEASE_FACT, DIGEST_FACT) if k in facts}
-            if shown:
-                res["ansible_facts"] = shown
-    stdout = raw.get("stdout") or ""
-    if len(stdout) > MAX_STDOUT:
-        stdout = stdout[:MAX_STDOUT] + "\n… (cut)"
-    kept: dict[str, Any] = {k: data[k] for k in ("host", "task", "play", "play_uuid", "task_action", "ignore_errors",
-                                                 "ok", "changed", "failures", "dark", "skipped", "rescued",
-                                                 "ignored", "duration") if k in data}
-    if res is not None:
-        kept["res"] = res
-    ev = {"counter": raw.get("counter"), "event": raw.get("event"), "created": raw.get("created"),
-          "stdout": stdout, "event_data": kept}
-    return redactor.value(ev)  # type: ignore[no-any-return]
-
-
 class JobManager:
-    def __init__(self, config: Config, sessions: sessionmaker[Session], notifier: Notifier) -> None:
+    def __init__(self, config: Config, sessions: sessionmaker[Session], notifier: Notifier,
+                 on_expired: Callable[[Session, Job], None] | None = None) -> None:
         self.config = config
         self.sessions = sessions
         self.notifier = notifier
+        # Called with a pending job that expires, in the transaction that expires it (the domain audits it).
+        self.on_expired = on_expired
         self.live: dict[int, LiveJob] = {}
         # Re-entrant: an approval that finds its job past the deadline expires it under the same lock.
         self._env_lock = threading.RLock()
@@ -344,7 +151,7 @@ class JobManager:
         """Finish the jobs a crashed console left queued or running: stop their processes, mark them
         interrupted, rebuild their grid from the stored events, and remove their run directories."""
         with self.sessions() as db:
-            stale = db.scalars(select(Job).where(Job.status.in_(("queued", "running")))).all()
+            stale = db.scalars(select(Job).where(Job.status.in_(ACTIVE))).all()
             for job in stale:
                 group = job.pgid is not None and kill_process_group(job.pgid, job.process_start)
                 killed = kill_job_processes(self.marker(job.id))
@@ -359,7 +166,7 @@ class JobManager:
                         received += 1
                 grid.halt()
                 summary = {**grid.snapshot(), "events": received}
-                job.status = "interrupted"
+                job.status = INTERRUPTED
                 job.finished_at = now()
                 job.summary = summary
                 job.explanation = "the console stopped while this job ran" + (
@@ -374,8 +181,8 @@ class JobManager:
     def shutdown(self, timeout: float = 10.0) -> list[int]:
         """The console is stopping: stop every running job, mark it interrupted, and end every event stream.
 
-        Called as soon as the signal arrives (cli.serve), before the web server waits for open responses:
-        a browser's event stream only ends with its job. Calling it again is harmless.
+        Called as soon as the signal arrives (server.py, through Console.stop), before the web server waits
+        for open responses: a browser's event stream only ends with its job. Calling it again is harmless.
         """
         self._stopping = True
         for timer in list(self._expiry.values()):
@@ -419,7 +226,7 @@ class JobManager:
         Every vaulted file and inline string a play can load lives in the project (playbooks, their vars,
         roles) or the inventory: all of it is read, not only the folders Ansible reads by name, since
         `vars_files`, `include_vars` and role vars may point anywhere in it. What Ansible decrypts
-        beyond that, the vault guard refuses (fleetdeploy.console.playbook). Rebuilt when a file there changed.
+        beyond that, the vault guard refuses (fleetdeploy.console.runner.playbook). Rebuilt when a file there changed.
         """
         roots = [r for r in (self.config.project_dir, env.inventory, action.playbook) if r.exists()]
         skip = [self.config.data_dir]
@@ -454,8 +261,8 @@ class JobManager:
         """Create the job and start it; raises Busy if the environment already runs one. With `hold`, the
         job waits as pending for approve() instead, until the environment's approval timeout.
 
-        `limit`: the only hosts to run on (`--limit`), host names the caller has checked (service.LIMIT_HOST);
-        `options`: the launch's --limit pattern, --check and --diff, checked by service.validate_launch."""
+        `limit`: the only hosts to run on (`--limit`), host names the caller has checked (domain.launch.LIMIT_HOST);
+        `options`: the launch's --limit pattern, --check and --diff, checked by domain.launch."""
         options = options or RunOptions()
         with self._env_lock:
             if self._stopping:
@@ -471,7 +278,7 @@ class JobManager:
             with self.sessions() as db:
                 job = Job(environment=env.name, action=action.name, playbook=str(action.playbook), created_at=created,
                           release=release, service=action.service or extra_vars.get("service"),
-                          extra_vars=shown, launched_by=user, status=PENDING if hold else "queued",
+                          extra_vars=shown, launched_by=user, status=PENDING if hold else QUEUED,
                           events_pruned=False, relaunch_of=relaunch_of, limit_hosts=limit,
                           limit_pattern=options.limit, check_mode=options.check, diff_mode=options.diff,
                           approval_deadline=deadline)
@@ -505,7 +312,7 @@ class JobManager:
                 holder = self.busy_job(env.name)
                 if holder:
                     raise Busy(holder)
-                job.status = "queued"
+                job.status = QUEUED
                 job.decided_by = user
                 on_decided(db, job)
                 db.commit()
@@ -515,7 +322,7 @@ class JobManager:
     def reject(self, job_id: int, user: str, reason: str, on_decided: Callable[[Session, Job], None]) -> None:
         with self._env_lock, self.sessions() as db:
             job = self._pending(db, job_id)
-            job.status, job.decided_by, job.finished_at = "rejected", user, now()
+            job.status, job.decided_by, job.finished_at = REJECTED, user, now()
             job.explanation = f"rejected by {user}" + (f": {reason}" if reason else "")
             on_decided(db, job)
             db.commit()
@@ -564,10 +371,10 @@ class JobManager:
             if job is None or job.status != PENDING:
                 return
             minutes = (job.approval_deadline - job.created_at).total_seconds() / 60 if job.approval_deadline else 0
-            job.status, job.finished_at = "expired", now()
+            job.status, job.finished_at = EXPIRED, now()
             job.explanation = f"no one approved it within {minutes:g} minutes"
-            db.add(AuditEntry(actor="console", action="job_expire", target=f"job {job_id}",
-                              detail={"environment": job.environment, "action": job.action, "release": job.release}))
+            if self.on_expired:
+                self.on_expired(db, job)
             db.commit()
             brief = job_dict(job)
         self._forget_held(job_id)
@@ -604,7 +411,7 @@ class JobManager:
                    secret_values: set[str], limit: str | None = None, flags: list[str] | None = None) -> None:
         run_dir = self.config.runs_dir / str(live.id)
         ingester = threading.Thread(target=self._ingest, args=(live,), name=f"ingest-{live.id}", daemon=True)
-        status, rc, explanation = "error", None, None
+        status, rc, explanation = ERROR, None, None
         try:
             run_dir.mkdir(parents=True, mode=0o700, exist_ok=True)
             redactor, plaintexts = self.redactor(env, action)
@@ -630,12 +437,12 @@ class JobManager:
                 Path(envvars.get("ANSIBLE_CONFIG") or os.environ.get("ANSIBLE_CONFIG")
                      or Path(self.config.project_dir) / "ansible.cfg"), {**os.environ, **envvars})
             if vault_cmd:
-                # The playbook may decrypt only what the redactor knows (fleetdeploy.console.playbook).
+                # The playbook may decrypt only what the redactor knows (fleetdeploy.console.runner.playbook).
                 write_known(run_dir / "vault-known", plaintexts)
                 envvars[KNOWN_ENV] = str(run_dir / "vault-known")
             if live.cancel_requested.is_set():
                 raise _Canceled()
-            self._set_status(live, "running")
+            self._set_status(live, RUNNING)
             self.notifier.send(self._brief_for_notify(live))
 
             def event_handler(event: dict[str, Any]) -> bool:
@@ -649,11 +456,11 @@ class JobManager:
             thread, runner = ansible_runner.run_async(
                 private_data_dir=str(run_dir),
                 project_dir=str(self.config.project_dir),
-                # ansible-playbook behind the vault guard, from this venv: `python -m fleetdeploy.console.playbook`.
+                # ansible-playbook behind the vault guard, from this venv: `python -m PLAYBOOK_MODULE`.
                 binary=sys.executable,
                 cmdline=shlex.join(["-m", PLAYBOOK_MODULE, *vault_cmd, *(flags or []), str(action.playbook)]),
                 inventory=str(env.inventory),
-                # One argv item after --limit: checked host names, or a pattern of service.LIMIT_PATTERN (no @file).
+                # One argv item after --limit: checked host names, or a domain.launch.LIMIT_PATTERN (no @file).
                 limit=limit or None,
                 envvars=envvars,
                 passwords=passwords or None,
@@ -678,12 +485,12 @@ class JobManager:
                     # runner's "command" artifact is a copy of the whole environment: gone as soon as written.
                     command_file.unlink(missing_ok=True)
             rc = runner.rc
-            status = {"successful": "successful", "canceled": "canceled", "timeout": "failed"}.get(
-                runner.status, "failed")
+            # ansible-runner's own statuses, in ours.
+            status = {"successful": SUCCESSFUL, "canceled": CANCELED, "timeout": FAILED}.get(runner.status, FAILED)
             if live.cancel_requested.is_set():
-                status = "canceled"
+                status = CANCELED
         except _Canceled:
-            status = "canceled"
+            status = CANCELED
         except Exception as exc:  # a job must always end in a final state
             log.exception("job %s could not run", live.id)
             explanation = f"the console could not run the playbook: {type(exc).__name__}: {exc}"
@@ -692,7 +499,7 @@ class JobManager:
             remove_run_dir(run_dir)
             if survivors:
                 log.info("job %s: killed %d leftover process(es)", live.id, len(survivors))
-            live.events.put(_END)
+            live.events.put(END)
             if ingester.is_alive():
                 ingester.join()
             # Every event stored before the job reads as finished: a reader of a final job gets them all.
@@ -704,7 +511,7 @@ class JobManager:
         its group and identity, so that a console restarted after a crash can stop it; None until it runs."""
         me = os.getpid()
         for pid in job_processes(self.marker(live.id)):
-            fields = _stat(pid)
+            fields = proc_stat(pid)
             if fields and int(fields[1]) == me and int(fields[2]) == pid:
                 identity = process_identity(pid)
                 live.pgid, live.process_start = pid, identity
@@ -722,11 +529,11 @@ class JobManager:
         redactor = live.redactor
         while True:
             item = live.events.get()
-            if item is _END:
+            if item is END:
                 break
-            if "_status" in item or _is_prompt(item):
+            if "_status" in item or is_prompt(item):
                 continue
-            hosts = _announced_hosts(item)
+            hosts = announced_hosts(item)
             if hosts is not None:
                 with live.lock:
                     live.grid.plan(hosts)
@@ -753,7 +560,7 @@ class JobManager:
         live.status = status
         with self.sessions() as db:
             values: dict[str, Any] = {"status": status}
-            if status == "running":
+            if status == RUNNING:
                 live.started_at = now()
                 values["started_at"] = live.started_at
             db.execute(update(Job).where(Job.id == live.id).values(**values))
@@ -761,8 +568,8 @@ class JobManager:
         live.publish({"type": "status", "status": status})
 
     def _finish(self, live: LiveJob, status: str, rc: int | None, explanation: str | None) -> None:
-        if self._stopping and status == "canceled" and live.canceled_by == "console shutdown":
-            status, explanation = "interrupted", "the console was stopped while this job ran"
+        if self._stopping and status == CANCELED and live.canceled_by == "console shutdown":
+            status, explanation = INTERRUPTED, "the console was stopped while this job ran"
         with live.lock:
             halted = live.grid.halt()
             summary = live.grid.snapshot()
@@ -774,8 +581,8 @@ class JobManager:
             job.rc = rc
             job.finished_at = now()
             job.summary = summary
-            job.canceled_by = live.canceled_by if status == "canceled" else None
-            job.explanation = explanation or ({"canceled": f"canceled by {live.canceled_by}"}.get(status))
+            job.canceled_by = live.canceled_by if status == CANCELED else None
+            job.explanation = explanation or ({CANCELED: f"canceled by {live.canceled_by}"}.get(status))
             _record_releases(db, job, summary)
             db.commit()
             brief = job_dict(job)
@@ -839,25 +646,6 @@ def _write_private(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as fh:
         fh.write(data)
-
-
-def _announced_hosts(event: dict[str, Any]) -> list[str] | None:
-    """The hosts a play will run on, if this is the line fleetdeploy.console.playbook prints as the play starts."""
-    if event.get("event") != "verbose":
-        return None
-    line = (event.get("stdout") or "").strip()
-    if not line.startswith(HOSTS_PREFIX):
-        return None
-    try:
-        hosts = json.loads(line[len(HOSTS_PREFIX):])
-    except ValueError:
-        return None
-    return [str(h) for h in hosts] if isinstance(hosts, list) else None
-
-
-def _is_prompt(event: dict[str, Any]) -> bool:
-    """The vault prompt that runner answers echoes into the output: noise, not an event."""
-    return event.get("event") == "verbose" and (event.get("stdout") or "").strip() == "Vault password:"
 
 
 class _Canceled(Exception):

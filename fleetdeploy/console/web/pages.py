@@ -1,4 +1,7 @@
-"""The HTML pages: sign-in, dashboard, launch, job view, job history, audit log, users and tokens."""
+"""The HTML pages: sign-in, dashboard, launch, job view, job history, audit log, users and tokens.
+
+Each page checks who is asking (deps), calls the domain, and renders a template; none touches the database.
+"""
 
 from __future__ import annotations
 
@@ -10,25 +13,35 @@ from urllib.parse import quote, urlencode
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
-from sqlalchemy import select
 
-from fleetdeploy.console.app import COOKIE, client_ip, console_of, who_is_asking
-from fleetdeploy.console.db import ApiToken, AuditEntry, User
-from fleetdeploy.console.jobs import FINAL, PENDING, secret_extra_vars
-from fleetdeploy.console.launchform import LaunchForm, fields_of, takes_free_vars
-from fleetdeploy.console.redact import MASK
-from fleetdeploy.console.security import ROLES, TOKEN_ROLES, Principal, same
-from fleetdeploy.console.service import Console, ConsoleError, LaunchRequest
+from fleetdeploy.console import status as job_status
+from fleetdeploy.console.domain.admin import parse_environments
+from fleetdeploy.console.domain.errors import ConsoleError
+from fleetdeploy.console.security import ROLES, TOKEN_ROLES, Principal
+from fleetdeploy.console.web.deps import (
+    COOKIE,
+    checked_form,
+    checked_items,
+    client_ip,
+    console_of,
+    page_principal,
+    who_is_asking,
+)
+from fleetdeploy.console.web.launchform import LaunchForm, fields_of, takes_free_vars
 
 templates = Jinja2Templates(directory=Path(__file__).resolve().parent / "templates")
 router = APIRouter(include_in_schema=False)
-_STATUS_CLASS = {"successful": "ok", "failed": "failed", "error": "failed", "canceled": "canceled",
-                 "interrupted": "canceled", "rejected": "canceled", "expired": "canceled", "running": "running",
-                 "queued": "pending", "pending": "pending"}
-templates.env.globals["status_class"] = lambda s: _STATUS_CLASS.get(s, "pending")
-# The job page's script reads the final statuses and their badges from the page, not from a copy of its own.
-templates.env.globals["final_statuses"] = FINAL
-templates.env.globals["status_classes"] = _STATUS_CLASS
+# Each status's badge (a class of console.css).
+STATUS_CLASS = {
+    job_status.PENDING: "pending", job_status.QUEUED: "pending", job_status.RUNNING: "running",
+    job_status.SUCCESSFUL: "ok", job_status.FAILED: "failed", job_status.ERROR: "failed",
+    job_status.CANCELED: "canceled", job_status.INTERRUPTED: "canceled", job_status.REJECTED: "canceled",
+    job_status.EXPIRED: "canceled",
+}
+templates.env.globals["status_class"] = lambda s: STATUS_CLASS.get(s, "pending")
+# The templates and the job page's script name statuses through these, not by copies of their own.
+templates.env.globals["job_status"] = job_status
+templates.env.globals["status_classes"] = STATUS_CLASS
 
 
 def _duration(seconds: float | None) -> str:
@@ -44,31 +57,6 @@ def _duration(seconds: float | None) -> str:
 
 
 templates.env.globals["duration"] = _duration
-
-
-class _SignIn(Exception):
-    pass
-
-
-def page_principal(request: Request) -> Principal:
-    who = who_is_asking(request)
-    if who is None or who.via_token or not who.at_least("viewer"):
-        raise ConsoleError(401, "sign in first")
-    return who
-
-
-async def checked_form(request: Request, who: Principal) -> dict[str, str]:
-    """The posted form, after checking its CSRF token against the session's."""
-    return dict(await checked_items(request, who))
-
-
-async def checked_items(request: Request, who: Principal) -> list[tuple[str, str]]:
-    """The posted form's fields in order, a name as often as it was posted, after the CSRF check."""
-    form = await request.form()
-    sent = str(form.get("csrf", ""))
-    if not who.csrf or not same(sent, who.csrf):
-        raise ConsoleError(403, "the form's CSRF token is missing or stale: reload the page and try again")
-    return [(k, str(v)) for k, v in form.multi_items()]
 
 
 def render(request: Request, template: str, who: Principal | None, status: int = 200, **ctx: Any) -> HTMLResponse:
@@ -177,7 +165,7 @@ async def launch(request: Request) -> Response:
         req = console.validate_launch(who, form.environment, form.action, form.release or None, extra,
                                       form.limit or None, form.check, form.diff)
         if form.step != "launch":
-            return _private(render(request, "launch_confirm.html", who, form=form, **_confirmation(console, req)))
+            return _private(render(request, "launch_confirm.html", who, form=form, **console.confirmation(req)))
         job_id = console.launch(who, req, client_ip(request))
     except ConsoleError as exc:
         if exc.status in (401,):
@@ -185,27 +173,6 @@ async def launch(request: Request) -> Response:
         # Rendered in place, not redirected: the extra vars must not travel in a URL (and the access log).
         return _private(_launch_view(request, who, form, exc.message, exc.status))
     return RedirectResponse(f"/jobs/{job_id}", status_code=303)
-
-
-def _confirmation(console: Console, req: LaunchRequest) -> dict[str, Any]:
-    """What the confirmation page repeats: where, what, and every value the playbook will be given."""
-    secret = secret_extra_vars(req.extra_vars, req.action.extra_vars_schema)
-    return {
-        "req": req, "needs_approval": req.environment.needs_approval(req.action.name),
-        "playbook": _shown_path(req.action.playbook, console),
-        "inventory": _shown_path(req.environment.inventory, console),
-        # As JSON, so that "2" and 2 differ as they do for the playbook.
-        "extra_vars": [(name, MASK if name in secret else json.dumps(value, ensure_ascii=False))
-                       for name, value in req.extra_vars.items()],
-    }
-
-
-def _shown_path(path: Path, console: Console) -> str:
-    """A path of the project as its own relative path (playbooks/deploy.yml), else in full."""
-    try:
-        return str(path.relative_to(console.config.project_dir))
-    except ValueError:
-        return str(path)
 
 
 def _private(response: Response) -> Response:
@@ -229,7 +196,7 @@ def history(request: Request, environment: str = "", action: str = "", status: s
                   filters={"environment": environment, "action": action, "status": status, "user": user},
                   environments=[e for e in console.config.environments if who.sees(e)],
                   actions=list(console.config.actions),
-                  statuses=[PENDING, "queued", "running", *FINAL])
+                  statuses=job_status.ALL)
 
 
 @router.get("/jobs/{job_id}")
@@ -298,15 +265,7 @@ async def cancel(request: Request, job_id: int) -> Response:
 @router.get("/audit")
 def audit_page(request: Request, actor: str = "", action: str = "") -> Response:
     who = page_principal(request)
-    if not who.at_least("admin"):
-        raise ConsoleError(403, "the audit log is for admins")
-    q = select(AuditEntry).order_by(AuditEntry.id.desc()).limit(200)
-    if actor:
-        q = q.where(AuditEntry.actor == actor)
-    if action:
-        q = q.where(AuditEntry.action == action)
-    with console_of(request).sessions() as db:
-        entries = db.scalars(q).all()
+    entries = console_of(request).audit_log(who, actor, action, 200)
     return render(request, "audit.html", who, entries=entries, actor=actor, action=action)
 
 
@@ -317,15 +276,10 @@ def _admin(request: Request) -> Principal:
     return who
 
 
-def _envs(text: str) -> list[str] | None:
-    return [e.strip() for e in text.replace(",", " ").split() if e.strip()] or None
-
-
 @router.get("/admin/users")
 def users_page(request: Request, error: str = "") -> Response:
     who = _admin(request)
-    with console_of(request).sessions() as db:
-        users = db.scalars(select(User).order_by(User.name)).all()
+    users = console_of(request).users(who)
     return render(request, "users.html", who, users=users, roles=ROLES, error=error)
 
 
@@ -336,7 +290,7 @@ async def save_user(request: Request) -> Response:
     form = await checked_form(request, who)
     try:
         console_of(request).save_user(who, form.get("name", "").strip(), form.get("role", ""),
-                                      _envs(form.get("environments", "")), form.get("password", ""),
+                                      parse_environments(form.get("environments")), form.get("password", ""),
                                       client_ip(request), update=form.get("update") == "1")
     except ConsoleError as exc:
         return RedirectResponse(f"/admin/users?{urlencode({'error': exc.message})}", status_code=303)
@@ -356,8 +310,7 @@ async def change_user(request: Request, user_id: int, verb: str) -> Response:
 @router.get("/admin/tokens")
 def tokens_page(request: Request, error: str = "") -> Response:
     who = _admin(request)
-    with console_of(request).sessions() as db:
-        tokens = db.scalars(select(ApiToken).order_by(ApiToken.id.desc())).all()
+    tokens = console_of(request).tokens(who)
     return render(request, "tokens.html", who, tokens=tokens, roles=TOKEN_ROLES, error=error, new_token=None)
 
 
@@ -368,12 +321,11 @@ async def create_token(request: Request) -> Response:
     console = console_of(request)
     name = form.get("name", "").strip()
     try:
-        _, token = console.create_token(who, name, form.get("role", ""), _envs(form.get("environments", "")),
+        _, token = console.create_token(who, name, form.get("role", ""), parse_environments(form.get("environments")),
                                         client_ip(request))
     except ConsoleError as exc:
         return RedirectResponse(f"/admin/tokens?{urlencode({'error': exc.message})}", status_code=303)
-    with console.sessions() as db:
-        tokens = db.scalars(select(ApiToken).order_by(ApiToken.id.desc())).all()
+    tokens = console.tokens(who)
     # Shown once, in this answer only; never cached.
     resp = render(request, "tokens.html", who, tokens=tokens, roles=TOKEN_ROLES, error="", new_token=token,
                   new_name=name)

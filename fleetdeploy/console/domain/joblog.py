@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-# The events that end a task on a host, and the state each leaves (grid.py's cell states).
+# The events that end a task on a host, and the state each leaves (runner/grid.py's cell states).
 RESULT_STATES = {"runner_on_ok": "ok", "runner_on_failed": "failed", "runner_on_unreachable": "unreachable",
                  "runner_on_skipped": "skipped"}
 # Per-item and retry lines of a loop or an `until`: shown in the host's log, they end nothing.

@@ -1,8 +1,8 @@
 """The launch form: one field per extra var of the action's schema, and the posted form read back.
 
 Reading the form only turns what was typed into values (a number field's text into a number, a YAML
-field's text into what it says). Whether they are allowed is for Console.validate_launch to say, as it
-does for the API: a value the schema refuses reaches it as typed, and its message is the one shown.
+field's text into what it says). Whether they are allowed is for domain/launch.py's validate_launch to say,
+as it does for the API: a value the schema refuses reaches it as typed, and its message is the one shown.
 """
 
 from __future__ import annotations
@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from fleetdeploy.console.config import Action
+from fleetdeploy.console.domain.errors import ConsoleError
+from fleetdeploy.console.domain.launch import parse_extra_vars
 from fleetdeploy.console.redact import secret_key
-from fleetdeploy.console.service import ConsoleError, parse_extra_vars
 
 # A field's name in the form: `var.<extra var>` (extra var names are identifiers, never dotted), so no
 # extra var can take the name of the form's own fields (csrf, environment, action, release, ...).
@@ -195,7 +196,7 @@ class LaunchForm:
     # ----- the extra vars they make ---------------------------------------------------------------
 
     def extra_vars(self, fields: list[Field]) -> dict[str, Any]:
-        """The extra vars the fields and the free YAML say, for Console.validate_launch to check."""
+        """The extra vars the fields and the free YAML say, for validate_launch to check."""
         free = parse_extra_vars(self.free_vars)
         if not isinstance(free, dict):
             raise ConsoleError(422, "extra variables: write name: value pairs (a YAML mapping or a JSON object)")

@@ -8,11 +8,23 @@ from typing import Any
 
 import httpx
 
+from fleetdeploy.console.status import (
+    CANCELED,
+    ERROR,
+    EXPIRED,
+    FAILED,
+    INTERRUPTED,
+    PENDING,
+    REJECTED,
+    RUNNING,
+    SUCCESSFUL,
+)
+
 log = logging.getLogger(__name__)
 
-_ICON = {"running": ":rocket:", "successful": ":white_check_mark:", "failed": ":x:",
-         "canceled": ":octagonal_sign:", "interrupted": ":warning:", "error": ":boom:",
-         "pending": ":hourglass:", "rejected": ":no_entry:", "expired": ":hourglass:"}
+ICON = {PENDING: ":hourglass:", RUNNING: ":rocket:", SUCCESSFUL: ":white_check_mark:", FAILED: ":x:",
+        CANCELED: ":octagonal_sign:", INTERRUPTED: ":warning:", ERROR: ":boom:", REJECTED: ":no_entry:",
+        EXPIRED: ":hourglass:"}
 
 
 def _text(value: str) -> str:
@@ -27,16 +39,16 @@ def message(job: dict[str, Any], base_url: str | None = None) -> dict[str, Any]:
         what += f" to {job['release']}"
     if job.get("check"):
         what += " in check mode (nothing changes)"
-    verb = "started" if job["status"] == "running" else job["status"]
+    verb = "started" if job["status"] == RUNNING else job["status"]
     link = f" <{base_url.rstrip('/')}/jobs/{job['id']}|job {job['id']}>" if base_url else f" (job {job['id']})"
-    if job["status"] == "pending":
-        text = f"{_ICON['pending']} {what} by {job['launched_by']} awaits another person's approval{link}"
-    elif job["status"] == "rejected":
-        text = f"{_ICON['rejected']} {what} by {job['launched_by']} {_text(job.get('explanation') or 'rejected')}{link}"
-    elif job["status"] == "expired":
-        text = f"{_ICON['expired']} {what} by {job['launched_by']} expired: {_text(job.get('explanation') or '')}{link}"
+    if job["status"] == PENDING:
+        text = f"{ICON[PENDING]} {what} by {job['launched_by']} awaits another person's approval{link}"
+    elif job["status"] == REJECTED:
+        text = f"{ICON[REJECTED]} {what} by {job['launched_by']} {_text(job.get('explanation') or 'rejected')}{link}"
+    elif job["status"] == EXPIRED:
+        text = f"{ICON[EXPIRED]} {what} by {job['launched_by']} expired: {_text(job.get('explanation') or '')}{link}"
     else:
-        text = f"{_ICON.get(job['status'], '')} {what} {verb} by {job['launched_by']}{link}".strip()
+        text = f"{ICON.get(job['status'], '')} {what} {verb} by {job['launched_by']}{link}".strip()
     return {"text": text, "username": "fleetdeploy", "fleetdeploy": job}
 
 

@@ -8,8 +8,10 @@
   const follow = document.getElementById("follow");
   const statusEl = document.getElementById("job-status");
   const state = { columns: [], hosts: [], cells: new Map(), results: {} };
-  // The statuses a job ends in, and each status's badge, as the server names them (pages.py).
+  // The statuses a job ends in, the one it waits for an approval in, and each status's badge, as the
+  // server names them (status.py, web/pages.py).
   const FINAL = root.dataset.final.split(" ");
+  const WAITING = root.dataset.waiting;
   const BADGE = JSON.parse(root.dataset.badges);
   // A job still running when the page loaded offers no Relaunch yet: when its stream ends, the server's
   // own rendering of the actions (who may relaunch, which hosts failed) replaces the empty one.
@@ -182,12 +184,12 @@
 
   // A pending job has nothing to stream until someone approves (or rejects) it, or it expires: ask for its
   // status now and then, and load the page afresh when it changes.
-  if (statusEl.textContent.trim() === "pending") {
+  if (statusEl.textContent.trim() === WAITING) {
     const poll = setInterval(async () => {
       try {
         const r = await fetch(`/api/jobs/${jobId}`, { credentials: "same-origin" });
         if (r.status >= 400 && r.status < 500) { clearInterval(poll); return; }  // signed out, or no longer allowed
-        if (r.ok && (await r.json()).status !== "pending") { clearInterval(poll); window.location.reload(); }
+        if (r.ok && (await r.json()).status !== WAITING) { clearInterval(poll); window.location.reload(); }
       } catch (e) { /* the console is restarting: ask again at the next tick */ }
     }, 2000);
     return;
