@@ -23,7 +23,9 @@ BASE = {"config", "db", "migrations", "redact", "schedule", "security", "status"
 ENTRY = {"cli", "server"}
 # What a layer may not import although it lies below: the web goes through the domain for everything, so it
 # neither reaches the runner nor runs SQL.
-SKIPPED = {"web": ("fleetdeploy.console.runner", "fleetdeploy.console.db", "sqlalchemy")}
+FORBIDDEN = {"web": ("fleetdeploy.console.runner", "fleetdeploy.console.db", "sqlalchemy")}
+# The one module outside the web that builds it: the command line's `serve`.
+WEB_STARTER = "fleetdeploy.console.cli"
 
 
 def modules() -> Iterator[tuple[str, Path]]:
@@ -79,13 +81,14 @@ def edges() -> list[tuple[str, Path, int, str]]:
     return found
 
 
-def test_every_import_goes_down_the_layers() -> None:
+def violations(found: list[tuple[str, Path, int, str]]) -> list[str]:
+    """What breaks the rule among imports (module, its file, line, module imported), one line each."""
     wrong = []
-    for module, path, line, target in edges():
+    for module, path, line, target in found:
         mine = layer_of(module)
         where = f"{path.relative_to(ROOT.parents[1])}:{line}: {module} ({mine}) imports {target}"
-        for skipped in SKIPPED.get(mine, ()):
-            if target == skipped or target.startswith(skipped + "."):
+        for forbidden in FORBIDDEN.get(mine, ()):
+            if target == forbidden or target.startswith(forbidden + "."):
                 wrong.append(f"{where}, which the {mine} layer may not use: go through the domain")
         if not target.startswith(PACKAGE):
             continue
@@ -93,6 +96,13 @@ def test_every_import_goes_down_the_layers() -> None:
         if LAYERS.index(theirs) > LAYERS.index(mine):
             wrong.append(f"{where} ({theirs}): a layer above its own; the rule is "
                          f"{' -> '.join(reversed(LAYERS))} (each imports only what lies to its right)")
+        elif theirs == "web" and mine != "web" and module != WEB_STARTER:
+            wrong.append(f"{where}: only {WEB_STARTER} starts the web")
+    return wrong
+
+
+def test_every_import_goes_down_the_layers() -> None:
+    wrong = violations(edges())
     assert not wrong, "imports against the direction of the layers:\n" + "\n".join(wrong)
 
 
@@ -136,12 +146,23 @@ def test_no_cycles_between_layers_or_modules() -> None:
 
 
 def test_the_rule_sees_a_wrong_import(tmp_path: Path) -> None:
-    """The checks above would see a runner module that imports the web, and a route that runs SQL."""
+    """The checks above would see a runner module that imports the web, a route that runs SQL or reaches the
+    runner, and the server building the web instead of the command line."""
     runner = ROOT / "runner" / "manager.py"
     found = list(imports("fleetdeploy.console.runner.manager", runner))
     assert "fleetdeploy.console.runner.grid" in {t for _, t in found}, found
-    bad = tmp_path / "bad.py"
-    bad.write_text("from fleetdeploy.console.web import deps\nfrom sqlalchemy import select\n")
-    targets = [t for _, t in imports("fleetdeploy.console.runner.bad", bad)]
-    assert targets == ["fleetdeploy.console.web.deps", "sqlalchemy"]
-    assert LAYERS.index(layer_of(targets[0])) > LAYERS.index(layer_of("fleetdeploy.console.runner.bad"))
+    bad = ROOT / "bad.py"  # never written: violations() reads only the names and the path's place
+    wrong = violations([
+        ("fleetdeploy.console.runner.bad", bad, 1, "fleetdeploy.console.web.deps"),
+        ("fleetdeploy.console.web.bad", bad, 2, "sqlalchemy"),
+        ("fleetdeploy.console.web.bad", bad, 3, "fleetdeploy.console.db"),
+        ("fleetdeploy.console.web.bad", bad, 4, "fleetdeploy.console.runner.live"),
+        ("fleetdeploy.console.server", bad, 5, "fleetdeploy.console.web.factory"),
+        ("fleetdeploy.console.web.bad", bad, 6, "fleetdeploy.console.domain.reads"),
+        ("fleetdeploy.console.cli", bad, 7, "fleetdeploy.console.web.factory"),
+    ])
+    assert [line.split(":")[1] for line in wrong] == ["1", "2", "3", "4", "5"], wrong
+    source = tmp_path / "bad.py"
+    source.write_text("from fleetdeploy.console.web import deps\nfrom sqlalchemy import select\n")
+    assert [t for _, t in imports("fleetdeploy.console.runner.bad", source)] == ["fleetdeploy.console.web.deps",
+                                                                               "sqlalchemy"]

@@ -137,17 +137,19 @@ class Admin(Core):
 
     def users(self, who: Principal) -> Sequence[User]:
         """Every user, by name, for an admin."""
-        _admins_only(who)
+        admins_only(who)
         with self.sessions() as db:
             return db.scalars(select(User).order_by(User.name)).all()
 
     def tokens(self, who: Principal) -> Sequence[ApiToken]:
         """Every API token, newest first, for an admin (their hashes only: a token is shown once, when made)."""
-        _admins_only(who)
+        admins_only(who)
         with self.sessions() as db:
             return db.scalars(select(ApiToken).order_by(ApiToken.id.desc())).all()
 
 
-def _admins_only(who: Principal) -> None:
+def admins_only(who: Principal) -> Principal:
+    """The principal, when an admin; else a 403. The one admin check of the API, the pages and the domain."""
     if not who.at_least("admin"):
-        raise ConsoleError(403, "users and tokens are for admins")
+        raise ConsoleError(403, f"{who.name} ({who.role}) is not an admin")
+    return who

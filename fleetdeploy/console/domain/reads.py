@@ -189,19 +189,21 @@ class Reads(Core):
             return [{"at": a.at.isoformat(timespec="seconds"), "actor": a.actor, "action": a.action,
                      "target": a.target, "detail": a.detail, "ip": a.ip} for a in db.scalars(q)]
 
-    def stored_events(self, job: dict[str, Any], after: int) -> list[dict[str, Any]]:
-        """The stored messages of a job (as `job` returned it, so seen by its reader) after counter `after`."""
+    def stored_events(self, who: Principal, job_id: int, after: int) -> list[dict[str, Any]]:
+        """The stored messages of a job the principal may see, after counter `after`."""
+        self.job(who, job_id)
         with self.sessions() as db:
-            return list(db.scalars(select(JobEvent.data).where(JobEvent.job_id == job["id"], JobEvent.counter > after)
+            return list(db.scalars(select(JobEvent.data).where(JobEvent.job_id == job_id, JobEvent.counter > after)
                                    .order_by(JobEvent.counter)))
 
     @contextmanager
-    def following(self, job: dict[str, Any], after: int, loop: asyncio.AbstractEventLoop
+    def following(self, who: Principal, job_id: int, after: int, loop: asyncio.AbstractEventLoop
                   ) -> Iterator[tuple[asyncio.Queue[dict[str, Any] | None], list[dict[str, Any]]] | None]:
-        """Within the block, a live job's messages arrive on the queue as they happen (None: no more), from
-        `loop`; with it comes what was missed after counter `after`. None when the job (as `job` returned it)
-        is no longer live: read stored_events then."""
-        live = self.jobs.live.get(job["id"])
+        """Within the block, the messages of a live job the principal may see arrive on the queue as they
+        happen (None: no more), from `loop`; with it comes what was missed after counter `after`. None when
+        the job is no longer live: read stored_events then."""
+        job = self.job(who, job_id)
+        live = self.jobs.live.get(job_id)
         if live is None or job["status"] in FINAL:
             yield None
             return

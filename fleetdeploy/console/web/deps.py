@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import Depends, Request
 
+from fleetdeploy.console.domain.admin import admins_only
 from fleetdeploy.console.domain.console import Console
 from fleetdeploy.console.domain.errors import ConsoleError
 from fleetdeploy.console.security import Principal, same
@@ -53,9 +54,7 @@ def viewer(who: Principal = Depends(api_principal)) -> Principal:
 
 
 def admin(who: Principal = Depends(api_principal)) -> Principal:
-    if not who.at_least("admin"):
-        raise ConsoleError(403, f"{who.name} ({who.role}) is not an admin")
-    return who
+    return admins_only(who)
 
 
 # ----- the pages' principal and forms -----------------------------------------------------------

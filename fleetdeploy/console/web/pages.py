@@ -15,7 +15,7 @@ from fastapi.responses import HTMLResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 
 from fleetdeploy.console import status as job_status
-from fleetdeploy.console.domain.admin import parse_environments
+from fleetdeploy.console.domain.admin import admins_only, parse_environments
 from fleetdeploy.console.domain.errors import ConsoleError
 from fleetdeploy.console.security import ROLES, TOKEN_ROLES, Principal
 from fleetdeploy.console.web.deps import (
@@ -270,10 +270,7 @@ def audit_page(request: Request, actor: str = "", action: str = "") -> Response:
 
 
 def _admin(request: Request) -> Principal:
-    who = page_principal(request)
-    if not who.at_least("admin"):
-        raise ConsoleError(403, "users and tokens are for admins")
-    return who
+    return admins_only(page_principal(request))
 
 
 @router.get("/admin/users")

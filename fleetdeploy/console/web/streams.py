@@ -46,9 +46,9 @@ async def job_events(job_id: int, request: Request, last_event_id: int | None = 
     async def stream() -> AsyncIterator[str]:
         yield "retry: 2000\n\n"
         yield _sse({"type": "snapshot", "job": {k: v for k, v in job.items() if k != "grid"}, "grid": job["grid"]})
-        with console.following(job, start, asyncio.get_running_loop()) as feed:
+        with console.following(who, job_id, start, asyncio.get_running_loop()) as feed:
             if feed is None:
-                rows = await asyncio.to_thread(console.stored_events, job, start)
+                rows = await asyncio.to_thread(console.stored_events, who, job_id, start)
                 for i in range(0, len(rows), 200):
                     yield "".join(_sse(m) for m in rows[i:i + 200])
                 yield _sse({"type": "end"})
