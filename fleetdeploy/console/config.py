@@ -81,6 +81,8 @@ class Environment:
     # once), and how long such a launch may wait before it expires.
     approval_actions: tuple[str, ...] = ()
     approval_timeout_minutes: float = 60.0
+    # At most this many of its jobs wait for an approval at once; one more launch is refused (429).
+    approval_max_pending: int = 10
     # The actions launched here by themselves, at the minutes of a cron expression (console/schedule.py).
     schedules: tuple[Schedule, ...] = ()
 
@@ -228,6 +230,7 @@ class ApprovalFile(_FileSection):
 
     actions: Annotated[list[_Text] | None, AfterValidator(_unique)] = Field(default=None, min_length=1)
     timeout_minutes: float = Field(default=60.0, gt=0, le=MAX_APPROVAL_MINUTES)
+    max_pending: int = Field(default=10, ge=1, le=1000)
 
 
 class ScheduleFile(_FileSection):
@@ -457,7 +460,8 @@ def load(path: Path | None, database: str | None = None, data_dir: Path | None =
             raise ConfigError(f"environments/{name}/approval/actions: unknown action(s) {', '.join(unknown)} "
                               f"(known: {', '.join(actions)})")
         environments[name] = replace(environments[name], approval_actions=tuple(needing),
-                                     approval_timeout_minutes=env.approval.timeout_minutes)
+                                     approval_timeout_minutes=env.approval.timeout_minutes,
+                                     approval_max_pending=env.approval.max_pending)
 
     registry = None
     if file.registry is not None:

@@ -40,6 +40,7 @@ def approvals(tmp_path_factory: pytest.TempPathFactory, registry: FakeRegistry,
     data["environments"]["prod"] = {"inventory": "inventories/fleet", "description": "deploys need a second person",
                                     "approval": {"actions": ["deploy"], "timeout_minutes": 60}}
     data["environments"]["quick"] = {"inventory": "inventories/fleet", "approval": {"timeout_minutes": 0.05}}
+    data["environments"]["capped"] = {"inventory": "inventories/fleet", "approval": {"max_pending": 2}}
     config.write_text(json.dumps(data))
     for name, role, scope in USERS:
         made = cli(config, "create-user", name, "--role", role, "--password-stdin",
@@ -212,3 +213,31 @@ def test_the_second_person_approves_on_the_jobs_page_and_watches_it_run(approval
         assert Client(approvals, "admin").post(f"/api/jobs/{other}/reject", json={"reason": "later"}).status_code == 200
         expect(page.locator("#job-status")).to_have_text("rejected", timeout=15_000)
         expect(page.locator("#job-explanation")).to_have_text("rejected by admin: later")
+
+
+def test_an_environment_holds_at_most_max_pending_jobs_waiting_for_an_approval(approvals: Server) -> None:
+    """Each pending job keeps its extra vars (secrets too) until decided: a launch beyond the environment's
+    approval.max_pending is refused with 429 and nothing stored, and deciding one makes room again."""
+    deployer = Client(approvals, "deployer")
+    admin = Client(approvals, "admin")
+
+    def launch() -> Any:
+        return deployer.post("/api/jobs", json={"environment": "capped", "action": "deploy", "release": "v1.2.0",
+                                                "extra_vars": {"fixture_step": 0}})
+
+    first, second = launch(), launch()
+    assert [first.status_code, second.status_code] == [201, 201], (first.text, second.text)
+    assert {first.json()["status"], second.json()["status"]} == {"pending"}
+    launches_before = len(audit(admin, "job_launch"))
+    third = launch()
+    assert third.status_code == 429, third.text
+    assert "already has 2 jobs waiting for an approval (approval.max_pending)" in third.json()["detail"], third.text
+    assert len(audit(admin, "job_launch")) == launches_before, "a refused launch left an audit entry"
+    assert [j["id"] for j in deployer.get("/api/jobs", params={"environment": "capped"}).json()
+            if j["status"] == "pending"] == sorted([first.json()["id"], second.json()["id"]], reverse=True)
+    withdrawn = deployer.post(f"/api/jobs/{first.json()['id']}/reject", json={"reason": "making room"})
+    assert withdrawn.status_code == 200, withdrawn.text
+    fourth = launch()
+    assert fourth.status_code == 201 and fourth.json()["status"] == "pending", fourth.text
+    for job in (second, fourth):
+        deployer.post(f"/api/jobs/{job.json()['id']}/reject", json={"reason": "test over"})

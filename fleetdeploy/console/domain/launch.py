@@ -20,7 +20,7 @@ from fleetdeploy.console.domain.errors import ConsoleError
 from fleetdeploy.console.domain.reads import Reads, failed_hosts
 from fleetdeploy.console.domain.registry import RegistryError
 from fleetdeploy.console.redact import MASK, secret_extra_vars
-from fleetdeploy.console.runner.manager import Busy, NotPending, RunOptions, ShuttingDown
+from fleetdeploy.console.runner.manager import Busy, NotPending, RunOptions, ShuttingDown, TooManyPending
 from fleetdeploy.console.schedule import Schedule
 from fleetdeploy.console.security import Principal
 from fleetdeploy.console.status import FAILED, FINAL, PENDING
@@ -220,6 +220,8 @@ class Launches(Reads):
                                     limit=limit, relaunch_of=relaunch_of, hold=hold, options=req.options)
         except Busy as busy:
             raise ConsoleError(409, str(busy), running=busy.job) from busy
+        except TooManyPending as exc:
+            raise ConsoleError(429, str(exc)) from exc
         except ShuttingDown as exc:
             raise ConsoleError(503, str(exc)) from exc
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import ansible_runner
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from fleetdeploy.console.config import Action, Config, Environment
@@ -101,6 +101,10 @@ class NotPending(Exception):
 
 class ShuttingDown(Exception):
     """The console is stopping and takes no new job."""
+
+
+class TooManyPending(Exception):
+    """The environment already has as many jobs waiting for an approval as its config allows."""
 
 
 class Busy(Exception):
@@ -270,6 +274,14 @@ class JobManager:
             holder = None if hold else self.busy_job(env.name)
             if holder:
                 raise Busy(holder)
+            if hold:
+                # Each pending job keeps its extra vars, secrets included, in memory until it is decided.
+                with self.sessions() as db:
+                    waiting = db.scalar(select(func.count()).select_from(Job)
+                                        .where(Job.environment == env.name, Job.status == PENDING)) or 0
+                if waiting >= env.approval_max_pending:
+                    raise TooManyPending(f"environment {env.name} already has {waiting} jobs waiting for an approval "
+                                         f"(approval.max_pending); approve or reject one first")
             secret = secret_extra_vars(extra_vars, action.extra_vars_schema)
             # Stored and served with the secrets masked; the run gets them through a 0600 file, never argv.
             shown = {k: MASK if k in secret else v for k, v in extra_vars.items()}
