@@ -10,6 +10,8 @@
 - ratios: each way of running over plain ansible-playbook (1.05 = 5 % slower), by wall time and by CPU time
   (the console's process and everything it started; CPU time suffers less from a busy machine)
 - event-to-browser latency: Ansible's event timestamp -> the event read off the SSE stream by a client
+- many jobs: --jobs small jobs (a 6-host rollback of debug tasks) one after the other through the console: its
+  RSS after them, and each job's launch-to-first-event time (POST /api/jobs -> its first event off the stream)
 
 Runs on the console's fixture playbooks (local hosts), so it needs no lab:
     .venv/bin/python benchmarks/console.py [--runs 3]
@@ -74,6 +76,7 @@ def write_config(root: Path) -> Path:
         "actions": {
             "deploy": {"playbook": "playbooks/deploy.yml", "service": "web", "release": {"variable": "release"}},
             "flood": {"playbook": "playbooks/flood.yml", "role": "deployer"},
+            "rollback": {"playbook": "playbooks/rollback.yml", "role": "deployer"},
         },
     }
     path = root / "console.yml"
@@ -200,12 +203,15 @@ class Console:
         job_id = r.json()["id"]
         latencies: list[float] = []
         arrivals: list[float] = []
+        first_event = float("nan")
         with api.stream("GET", f"/api/jobs/{job_id}/events") as stream:
             for line in stream.iter_lines():
                 if not line.startswith("data:"):
                     continue
                 now = dt.datetime.now(dt.timezone.utc)
                 msg = json.loads(line[5:])
+                if msg["type"] == "event" and first_event != first_event:  # nan: none yet
+                    first_event = time.monotonic() - start
                 if msg["type"] == "event" and msg["event"].get("created"):
                     created = dt.datetime.fromisoformat(msg["event"]["created"])
                     latencies.append((now - created).total_seconds())
@@ -217,6 +223,7 @@ class Console:
         job = api.get(f"/api/jobs/{job_id}").json()
         assert job["status"] == "successful", job
         return {"wall": wall, "cpu": cpu, "latencies": latencies, "arrivals": arrivals, "peak_rss": max(peak),
+                "first_event": first_event,
                 "events": job["grid"].get("events", len(latencies))}
 
 
@@ -228,6 +235,7 @@ def pct(values: list[float], q: float) -> float:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3, help="repetitions of each timed run (median reported)")
+    parser.add_argument("--jobs", type=int, default=100, help="small jobs run one after the other for the RSS after them")
     args = parser.parse_args()
 
     load_before = os.getloadavg()[0]
@@ -260,6 +268,9 @@ def main() -> int:
             flood_plain.append(plain_run("flood.yml"))
             flood_runner.append(runner_run("flood.yml", Path(tmp), flood_events if i == 0 else None))
             floods.append(console.run_job("flood"))
+        small = [console.run_job("rollback") for _ in range(args.jobs)]
+        time.sleep(1)
+        after_jobs = rss_mb(console.proc.pid)
         console.stop()
         capacity: list[tuple[float, float]] = [ingest_capacity(Path(tmp), flood_events) for _ in range(args.runs)]
 
@@ -291,7 +302,13 @@ def main() -> int:
         "startup_seconds": {"median": round(statistics.median(starts), 3), "runs": [round(s, 3) for s in starts]},
         "rss_mb": {"at_rest": round(rest, 1),
                    "peak_during_6_host_deploy": round(max(r["peak_rss"] for r in deploys), 1),
-                   "peak_during_event_flood": round(max(r["peak_rss"] for r in floods), 1)},
+                   "peak_during_event_flood": round(max(r["peak_rss"] for r in floods), 1),
+                   f"at_rest_after_{args.jobs}_more_jobs": round(after_jobs, 1)},
+        "launch_to_first_event_seconds": {
+            "small_jobs": args.jobs,
+            "median": round(statistics.median(r["first_event"] for r in small), 3) if small else None,
+            "p95": round(pct([r["first_event"] for r in small], 0.95), 3) if small else None,
+            "6_host_deploy_median": round(med(deploys, "first_event"), 3)},
         "deploy_6_hosts_seconds": {
             "plain_ansible_playbook": round(med(deploy_plain, 0), 2),
             "ansible_runner_alone": round(med(deploy_runner, 0), 2),
