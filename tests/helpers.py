@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = REPO / ".venv" / "bin"
@@ -163,3 +166,32 @@ def worker_events(exec_on: Callable[..., str], host: str, since: str, service: s
                     "--filter", f"label=org.fleetdeploy.service={service}",
                     "--format", "{{.Action}} {{.Actor.Attributes.name}} {{.Actor.Attributes.exitCode}}").splitlines()
     return [tuple((line.split() + ["", ""])[:3]) for line in lines if line.split()[0] in ("start", "kill", "die")]
+
+
+TOOLS_CACHE = REPO / ".cache" / "prometheus-tools"
+# Debian 13 has promtool in its own package; Debian 12 ships it in prometheus. mtail runs the exporters
+# role's request program in tests/test_request_metrics.py.
+TOOL_PACKAGES = {"promtool": ["promtool", "prometheus"], "amtool": ["prometheus-alertmanager"], "mtail": ["mtail"]}
+
+
+def debian_tool(tool: str) -> Path:
+    """A Prometheus-side tool (promtool, prometheus, amtool, mtail) from PATH, else from its Debian package
+    unpacked into .cache/prometheus-tools: the tests that run the real binaries share one copy."""
+    found = shutil.which(tool)
+    if found:
+        return Path(found)
+    unpacked = TOOLS_CACHE / "root" / "usr" / "bin" / tool
+    if unpacked.exists():
+        return unpacked
+    debs = TOOLS_CACHE / "debs"
+    debs.mkdir(parents=True, exist_ok=True)
+    for package in TOOL_PACKAGES[tool]:
+        got = subprocess.run(["apt-get", "download", package], cwd=debs, capture_output=True, text=True, check=False)
+        if got.returncode != 0:
+            continue
+        for deb in sorted(debs.glob(f"{package}_*.deb")):
+            subprocess.run(["dpkg-deb", "-x", str(deb), str(TOOLS_CACHE / "root")], check=True)
+        if unpacked.exists():
+            return unpacked
+    pytest.fail(f"{tool} is not installed and apt-get could not download {' or '.join(TOOL_PACKAGES[tool])}: "
+                f"install Debian's {TOOL_PACKAGES[tool][-1]} package on this machine")

@@ -18,49 +18,23 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import REPO, playbook
+from helpers import REPO, debian_tool, playbook
 
 MONITORING = REPO / "monitoring"
 DASHBOARDS = sorted((MONITORING / "dashboards").glob("*.json"))
-TOOLS_CACHE = REPO / ".cache" / "prometheus-tools"
-# Debian 13 has promtool in its own package; Debian 12 ships it in prometheus. mtail runs the exporters
-# role's request program in tests/test_request_metrics.py.
-TOOL_PACKAGES = {"promtool": ["promtool", "prometheus"], "amtool": ["prometheus-alertmanager"], "mtail": ["mtail"]}
 # What the dashboards' Grafana variables stand for when a query is checked or run.
 # The multi-host scenario (molecule/monitoring/verify.yml) substitutes the same values.
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "5m", "$host": ".*", "$proxy": ".*"}
 
 
-def _unpack(tool: str) -> Path:
-    """The tool from PATH, else from a Debian package unpacked into the cache."""
-    found = shutil.which(tool)
-    if found:
-        return Path(found)
-    unpacked = TOOLS_CACHE / "root" / "usr" / "bin" / tool
-    if unpacked.exists():
-        return unpacked
-    debs = TOOLS_CACHE / "debs"
-    debs.mkdir(parents=True, exist_ok=True)
-    for package in TOOL_PACKAGES[tool]:
-        got = subprocess.run(["apt-get", "download", package], cwd=debs, capture_output=True, text=True, check=False)
-        if got.returncode != 0:
-            continue
-        for deb in sorted(debs.glob(f"{package}_*.deb")):
-            subprocess.run(["dpkg-deb", "-x", str(deb), str(TOOLS_CACHE / "root")], check=True)
-        if unpacked.exists():
-            return unpacked
-    pytest.fail(f"{tool} is not installed and apt-get could not download {' or '.join(TOOL_PACKAGES[tool])}: "
-                f"install Debian's {TOOL_PACKAGES[tool][-1]} package on this machine")
-
-
 @pytest.fixture(scope="session")
 def promtool() -> Path:
-    return _unpack("promtool")
+    return debian_tool("promtool")
 
 
 @pytest.fixture(scope="session")
 def amtool() -> Path:
-    return _unpack("amtool")
+    return debian_tool("amtool")
 
 
 @pytest.fixture(scope="module")

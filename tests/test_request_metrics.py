@@ -20,8 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO, free_port
-from test_monitoring_rules import _unpack
+from helpers import REPO, debian_tool, free_port
 
 PROGRAM = REPO / "roles" / "exporters" / "files" / "fleetdeploy_requests.mtail"
 METRIC = "fleetdeploy_http_request_duration_seconds"
@@ -75,7 +74,7 @@ def by_service_and_status(samples: dict[str, list[tuple[dict[str, str], float]]]
 
 @pytest.fixture(scope="module")
 def mtail() -> Path:
-    return _unpack("mtail")
+    return debian_tool("mtail")
 
 
 @pytest.fixture

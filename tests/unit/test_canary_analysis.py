@@ -23,8 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
-from helpers import REPO, VENV_BIN, env, free_port
-from test_monitoring_rules import _unpack
+from helpers import REPO, VENV_BIN, debian_tool, env, free_port
 from test_release_record import load
 
 analysis = load("fleetdeploy_canary_analysis", REPO / "library" / "fleetdeploy_canary_analysis.py")
@@ -80,12 +79,12 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, 
     root = tmp_path_factory.mktemp("canary-prometheus")
     end = int(time.time()) // 60 * 60 - 3 * 3600  # in the past, as backfilled blocks must be
     (root / "history.om").write_text(history(end))
-    backfill = subprocess.run([str(_unpack("promtool")), "tsdb", "create-blocks-from", "openmetrics",
+    backfill = subprocess.run([str(debian_tool("promtool")), "tsdb", "create-blocks-from", "openmetrics",
                                str(root / "history.om"), str(root / "data")], capture_output=True, text=True, check=False)
     assert backfill.returncode == 0, backfill.stderr
     (root / "prometheus.yml").write_text("scrape_configs: []\n")
     port = free_port()
-    server = subprocess.Popen([str(_unpack("promtool").parent / "prometheus"), f"--config.file={root / 'prometheus.yml'}",
+    server = subprocess.Popen([str(debian_tool("promtool").parent / "prometheus"), f"--config.file={root / 'prometheus.yml'}",
                                f"--storage.tsdb.path={root / 'data'}", "--storage.tsdb.retention.time=30d",
                                f"--web.listen-address=127.0.0.1:{port}"],
                               stdout=subprocess.DEVNULL, stderr=(root / "prometheus.log").open("w"))
