@@ -201,12 +201,14 @@ class Reads(Core):
                   ) -> Iterator[tuple[asyncio.Queue[dict[str, Any] | None], list[dict[str, Any]]] | None]:
         """Within the block, the messages of a live job the principal may see arrive on the queue as they
         happen (None: no more), from `loop`; with it comes what was missed after counter `after`. None when
-        the job is no longer live: read stored_events then."""
-        job = self.job(who, job_id)
+        the job is no longer live: read stored_events then. Read from memory alone (this runs on the event
+        loop): a live job's final status is set once its events are stored."""
         live = self.jobs.live.get(job_id)
-        if live is None or job["status"] in FINAL:
+        if live is None or live.status in FINAL:
             yield None
             return
+        if not who.sees(live.environment):
+            raise ConsoleError(404, f"no job {job_id}")
         sub = Subscriber(loop, asyncio.Queue())
         backlog = live.subscribe(sub, after)
         try:
