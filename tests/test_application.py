@@ -34,6 +34,7 @@ RATE = 60  # requests per second (the issue asks for at least 50) over CONNECTIO
 # each one waits for its answer, so on a loaded machine 4 reached only 43/s (CI, a deploy of 740 s).
 CONNECTIONS = 8
 MIGRATION = "0002_tracking_events_source.sql"
+V2_DROPS = "tracking/README.md"  # in v1's sources, not in v2's
 QUIET_PARCEL = "LAB0000002"  # no traffic writes to it: its answer must not change across a deploy
 
 
@@ -114,9 +115,11 @@ class AppLab:
 
 
 def build_v2(root: Path) -> Path:
-    """services/ copied, with a tracking migration that adds a nullable column to tracking_events."""
+    """services/ copied, with a tracking migration that adds a nullable column to tracking_events, and
+    without tracking's README.md (V2_DROPS): the v2 build context must not keep it from v1's."""
     sources = root / "v2-services"
     shutil.copytree(REPO / "services", sources, ignore=shutil.ignore_patterns("__pycache__", ".pytest_cache"))
+    (sources / V2_DROPS).unlink()
     (sources / "tracking" / "tracking" / "migrations" / MIGRATION).write_text(
         "-- v2 of the application's test: an expansion (a nullable column) while v1 keeps writing events.\n"
         "ALTER TABLE tracking_events ADD COLUMN source text;\n")
@@ -159,6 +162,19 @@ def test_the_lab_seed_changes_nothing_the_second_time(lab: AppLab) -> None:
     assert lab.play("playbooks/lab_seed.yml").check().changed() == 0
     assert lab.psql("tracking", f"SELECT count(*) FROM tracking_events e JOIN parcels p ON p.id = e.parcel_id "
                                 f"WHERE p.code = '{QUIET_PARCEL}'").strip() == "2"
+
+
+def test_the_build_context_of_a_release_is_its_sources_exactly(lab: AppLab) -> None:
+    """The ops host's staged context of tracking, last built for v2, has v2's migration and lost the file
+    v2's sources dropped (staged file by file, it kept v1's), plus the shared folder and the CA bundle."""
+    staged = lab.exec("ops1", "find", "/var/lib/fleetdeploy/build/tracking", "-type", "f", "-printf", "%P\\n").split()
+    sources = REPO / "services"
+    expected = {p.relative_to(sources / "tracking").as_posix() for p in (sources / "tracking").rglob("*")
+                if p.is_file() and "__pycache__" not in p.parts and ".pytest_cache" not in p.parts}
+    expected |= {"shared/" + p.relative_to(sources / "shared").as_posix() for p in (sources / "shared").rglob("*")
+                 if p.is_file() and "__pycache__" not in p.parts}
+    expected = (expected - {V2_DROPS.removeprefix("tracking/")}) | {f"tracking/migrations/{MIGRATION}", "extra-ca.crt"}
+    assert sorted(staged) == sorted(expected)
 
 
 def test_every_service_answers_on_its_own_prefix_from_every_host(lab: AppLab) -> None:
