@@ -302,6 +302,14 @@ class Container:
         assert test[0] == "CMD", test
         return _docker("exec", self.name, *test[1:], check=False).returncode
 
+    def healthcheck_imports(self) -> set[str]:
+        """The top-level packages the image's HEALTHCHECK (a python3 command) imports, run now under -X importtime."""
+        test = json.loads(_docker("inspect", "-f", "{{json .Config.Healthcheck.Test}}", self.name).stdout)
+        assert test[:2] == ["CMD", "python3"], test
+        ran = _docker("exec", self.name, "python3", "-X", "importtime", *test[2:], check=False)
+        names = [line.rsplit("|", 1)[1].strip() for line in ran.stderr.splitlines() if line.startswith("import time:")]
+        return {name.split(".")[0] for name in names[1:]}  # the first line is the header
+
     def signal(self, name: str) -> None:
         _docker("kill", "-s", name, self.name)
 

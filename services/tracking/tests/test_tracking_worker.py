@@ -143,6 +143,8 @@ def test_the_worker_stores_queued_events_and_dead_letters_what_it_cannot(
         assert db.execute("SELECT status FROM parcels WHERE code = %s", (code,)).fetchone() == ("delivered",)
         assert all(line["service"] == "tracking" for line in testing.json_lines(worker.logs()))
         assert worker.healthcheck() == 0 and api.healthcheck() == 0  # the worker's heartbeat, the API's /healthz
+        # Docker runs the HEALTHCHECK every 30 s: the worker's reads a file's age, without the queue's clients.
+        assert worker.healthcheck_imports().isdisjoint({"redis", "psycopg", "fastapi"})
 
 
 def test_sigterm_finishes_the_event_in_hand_and_the_rest_wait_in_the_queue(

@@ -27,9 +27,9 @@ WORKER_STALE_S = 60
 
 
 def healthcheck(settings: Settings) -> int:
-    from .queue import heartbeat_age
+    from . import heartbeat
 
-    age = heartbeat_age()
+    age = heartbeat.age()
     if age is not None:
         return 0 if age < WORKER_STALE_S else 1
     return cli.answers_health(settings.port)

@@ -19,10 +19,8 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 import uuid
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -32,11 +30,9 @@ from fdservice import logs
 
 from . import store
 from .config import Settings
+from .heartbeat import HEARTBEAT
 
 log = logging.getLogger("tracking.worker")
-
-# The worker touches this file at every turn of its loop; the image's HEALTHCHECK reads its age.
-HEARTBEAT = Path("/tmp/tracking-worker.heartbeat")
 
 
 def redis_client(settings: Settings) -> "redis.Redis[bytes]":
@@ -191,10 +187,3 @@ class Worker:
         HEARTBEAT.unlink(missing_ok=True)
         logs.event(log, "worker stopped")
 
-
-def heartbeat_age() -> float | None:
-    """Seconds since the worker's last turn, None when no worker runs in this container."""
-    try:
-        return time.time() - HEARTBEAT.stat().st_mtime
-    except FileNotFoundError:
-        return None
