@@ -195,3 +195,16 @@ def debian_tool(tool: str) -> Path:
             return unpacked
     pytest.fail(f"{tool} is not installed and apt-get could not download {' or '.join(TOOL_PACKAGES[tool])}: "
                 f"install Debian's {TOOL_PACKAGES[tool][-1]} package on this machine")
+
+
+# A play that runs image_build's preflight alone on the controller, as playbooks/build.yml runs the role.
+IMAGE_BUILD_PREFLIGHT_PLAY = """\
+- name: Check the services before a build, as playbooks/build.yml does
+  hosts: localhost
+  gather_facts: false
+  tasks:
+    - name: Run the image_build role's preflight
+      ansible.builtin.include_role:
+        name: image_build
+        tasks_from: preflight.yml
+"""

@@ -165,16 +165,15 @@ def test_the_lab_seed_changes_nothing_the_second_time(lab: AppLab) -> None:
 
 
 def test_the_build_context_of_a_release_is_its_sources_exactly(lab: AppLab) -> None:
-    """The ops host's staged context of tracking, last built for v2, has v2's migration and lost the file
-    v2's sources dropped (staged file by file, it kept v1's), plus the shared folder and the CA bundle."""
+    """The ops host's staged context of tracking, last built for v2, is v2's sources (build_v2's copy): its
+    migration in, the file v2 dropped out (staged file by file, v1's stayed), plus shared/ and the CA bundle."""
     staged = lab.exec("ops1", "find", "/var/lib/fleetdeploy/build/tracking", "-type", "f", "-printf", "%P\\n").split()
-    sources = REPO / "services"
-    expected = {p.relative_to(sources / "tracking").as_posix() for p in (sources / "tracking").rglob("*")
-                if p.is_file() and "__pycache__" not in p.parts and ".pytest_cache" not in p.parts}
-    expected |= {"shared/" + p.relative_to(sources / "shared").as_posix() for p in (sources / "shared").rglob("*")
-                 if p.is_file() and "__pycache__" not in p.parts}
-    expected = (expected - {V2_DROPS.removeprefix("tracking/")}) | {f"tracking/migrations/{MIGRATION}", "extra-ca.crt"}
-    assert sorted(staged) == sorted(expected)
+    sources = lab.root / "v2-services"
+    expected = [p.relative_to(sources / "tracking").as_posix() for p in (sources / "tracking").rglob("*") if p.is_file()]
+    expected += ["shared/" + p.relative_to(sources / "shared").as_posix() for p in (sources / "shared").rglob("*")
+                 if p.is_file()]
+    assert f"tracking/migrations/{MIGRATION}" in expected and V2_DROPS.removeprefix("tracking/") not in expected
+    assert sorted(staged) == sorted([*expected, "extra-ca.crt"])
 
 
 def test_every_service_answers_on_its_own_prefix_from_every_host(lab: AppLab) -> None:
