@@ -296,17 +296,23 @@ class Container:
             assert time.monotonic() < deadline, f"{self.name} never answered {path}:\n{self.logs()[-3000:]}"
             time.sleep(0.2)
 
-    def healthcheck(self) -> int:
-        """The exit code of the image's HEALTHCHECK command, run in the container now."""
+    def healthcheck_command(self) -> list[str]:
+        """The image's HEALTHCHECK command (its CMD form)."""
         test = json.loads(_docker("inspect", "-f", "{{json .Config.Healthcheck.Test}}", self.name).stdout)
         assert test[0] == "CMD", test
-        return _docker("exec", self.name, *test[1:], check=False).returncode
+        return test[1:]
+
+    def healthcheck(self) -> int:
+        """The exit code of the image's HEALTHCHECK command, run in the container now."""
+        return _docker("exec", self.name, *self.healthcheck_command(), check=False).returncode
 
     def healthcheck_imports(self) -> set[str]:
-        """The top-level packages the image's HEALTHCHECK (a python3 command) imports, run now under -X importtime."""
-        test = json.loads(_docker("inspect", "-f", "{{json .Config.Healthcheck.Test}}", self.name).stdout)
-        assert test[:2] == ["CMD", "python3"], test
-        ran = _docker("exec", self.name, "python3", "-X", "importtime", *test[2:], check=False)
+        """The top-level packages the image's HEALTHCHECK (a python3 command) imports, run now under -X importtime;
+        the command must succeed."""
+        command = self.healthcheck_command()
+        assert command[0] == "python3", command
+        ran = _docker("exec", self.name, "python3", "-X", "importtime", *command[1:], check=False)
+        assert ran.returncode == 0, ran.stderr[-2000:]
         names = [line.rsplit("|", 1)[1].strip() for line in ran.stderr.splitlines() if line.startswith("import time:")]
         return {name.split(".")[0] for name in names[1:]}  # the first line is the header
 

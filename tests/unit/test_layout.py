@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import configparser
+import re
 
 import pytest
 import yaml
@@ -133,9 +134,9 @@ def test_a_new_release_reuses_every_layer_of_the_one_before() -> None:
     assert len(dockerfiles) >= 4
     late = {}
     for dockerfile in dockerfiles:
-        lines = [line.strip() for line in dockerfile.read_text().splitlines()]
+        lines = [line.strip().upper() for line in dockerfile.read_text().splitlines()]
         last_stage = max(i for i, line in enumerate(lines) if line.startswith("FROM "))
-        declared = [i for i, line in enumerate(lines) if line.startswith("ARG RELEASE") and i > last_stage]
+        declared = [i for i, line in enumerate(lines) if re.match(r"ARG\s+RELEASE(=|\s|$)", line) and i > last_stage]
         runs = [i for i, line in enumerate(lines) if line.startswith("RUN ")]
-        late[dockerfile.parent.name] = len(declared) == 1 and declared[0] > max(runs)
+        late[dockerfile.parent.name] = len(declared) == 1 and declared[0] > max(runs, default=-1)
     assert late == dict.fromkeys(late, True)

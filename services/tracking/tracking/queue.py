@@ -186,4 +186,3 @@ class Worker:
             self.db.close()
         HEARTBEAT.unlink(missing_ok=True)
         logs.event(log, "worker stopped")
-
