@@ -3,8 +3,10 @@ lab's Debian 12 host image as BASE_IMAGE, the build context of services/testing.
 service's folder, services/shared/ as shared/, the build host's extra CAs). Prints JSON.
 
 Per service: a cold build (--no-cache: apt and PyPI downloads included), the same build again (every
-layer cached: what a deploy of an unchanged release pays), and a build after a change of the
-service's code only (the packages' stage stays cached). Images are tagged fdbench-services/<name>:*
+layer cached), the same sources as a new release (RELEASE changes: every layer above its ARG is
+reused: a release that leaves this service's sources unchanged), and a new release after a change of
+the service's code only (the packages' layers stay cached). The release names are new at each run, as
+the engine keeps the layers of earlier runs. Images are tagged fdbench-services/<name>:*
 and untagged at the end; their layers stay in the engine's cache.
 Usage: .venv/bin/python benchmarks/service_images.py [service ...]   (default: every services/*/Dockerfile)
 """
@@ -25,10 +27,10 @@ from testing import HOST_IMAGE as BASE_IMAGE  # noqa: E402
 from testing import build_context  # noqa: E402
 
 
-def build(context: Path, tag: str, *extra: str) -> float:
+def build(context: Path, tag: str, release: str, *extra: str) -> float:
     started = time.monotonic()
     subprocess.run(["docker", "build", "-q", *extra, "-t", tag, "--build-arg", f"BASE_IMAGE={BASE_IMAGE}",
-                    "--build-arg", "RELEASE=bench", str(context)], check=True, capture_output=True, text=True)
+                    "--build-arg", f"RELEASE={release}", str(context)], check=True, capture_output=True, text=True)
     return round(time.monotonic() - started, 1)
 
 
@@ -43,14 +45,16 @@ def measure(service: str) -> dict[str, object]:
     with tempfile.TemporaryDirectory(prefix=f"fdbench-{service}-") as folder:
         context = Path(folder)
         build_context(service, context)  # the build context the tests and the build playbook use
-        cold = build(context, tag, "--no-cache")
-        cached = build(context, tag)
+        run = time.time_ns()
+        cold = build(context, tag, f"bench-{run}-1", "--no-cache")
+        cached = build(context, tag, f"bench-{run}-1")
+        new_release = build(context, tag, f"bench-{run}-2")
         package = context / service
         if package.is_dir():  # a code change: one more module in the service's package
             (package / "_bench_change.py").write_text(f"CHANGED = {time.time()!r}\n")
-        code_change = build(context, tag)
+        code_change = build(context, tag, f"bench-{run}-3")
         figures = {"service": service, "cold_build_s": cold, "cached_build_s": cached,
-                   "code_change_build_s": code_change, "image_mb": size_mb(tag),
+                   "new_release_build_s": new_release, "code_change_build_s": code_change, "image_mb": size_mb(tag),
                    "base_image_mb": size_mb(BASE_IMAGE)}
     figures["added_to_base_mb"] = round(float(figures["image_mb"]) - float(figures["base_image_mb"]), 1)  # type: ignore[arg-type]
     subprocess.run(["docker", "rmi", tag], capture_output=True, check=False)
