@@ -15,6 +15,7 @@ Passwords reach containers through 0600 env files, never on a command line or in
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import os
 import re
@@ -205,7 +206,6 @@ def acquire_backing() -> Backing:
         running = _docker("inspect", "-f", "{{.State.Running}}", BACKING, check=False).stdout.strip() == "true"
         if not users or not running:
             record["passwords"] = _start_backing()
-            record["built"] = []  # the images built in this session
         record["pids"] = [*users, os.getpid()]
         passwords = record["passwords"]
     return Backing(passwords["pg"], passwords["redis"], _published(BACKING, "5432/tcp"),
@@ -228,6 +228,10 @@ def release_backing() -> None:
             _docker("network", "rm", NETWORK, check=False)
 
 
+# The label that carries the digest of the build context a test image was built from (build_image).
+CONTEXT_LABEL = "org.fleetdeploy.test.context"
+
+
 def build_context(service: str, folder: Path) -> None:
     """Fill `folder` with the build context of services/<service>, by the rule roles/image_build follows
     (services/shared/README.md): the service's folder, services/shared/ as shared/, and the CAs this
@@ -241,21 +245,22 @@ def build_context(service: str, folder: Path) -> None:
 
 def build_image(service: str) -> str:
     """Build services/<service> from the host image as BASE_IMAGE, as the build playbook would; its tag.
-    Once per session: the first test process to ask builds it under the tag's lock, the rest reuse it."""
+    The image is labelled with a digest of its build context and reused while the context is the same, so
+    a session (or another checkout on this machine) never runs an image of other sources."""
     tag = f"{PREFIX}/{service}:test"
     with os.fdopen(_private(STATE_DIR / f"{PREFIX}-build-{service}.lock"), "r+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        with _registry() as record:
-            # Trusted only when this process holds the backing: a record outlives the session it was made in.
-            built = tag in record.get("built", []) and os.getpid() in record.get("pids", [])
-        if built and _docker("image", "inspect", tag, check=False).returncode == 0:
-            return tag
         with tempfile.TemporaryDirectory(prefix=f"{PREFIX}-{service}-") as context:
             build_context(service, Path(context))
-            _docker("build", "-q", "-t", tag, "--build-arg", f"BASE_IMAGE={HOST_IMAGE}",
-                    "--build-arg", "RELEASE=test", context, timeout=1800)
-        with _registry() as record:
-            record["built"] = [*record.get("built", []), tag]
+            digest = hashlib.sha256()
+            for path in sorted(p for p in Path(context).rglob("*") if p.is_file()):
+                digest.update(f"{path.relative_to(context)}\0{path.stat().st_mode & 0o777:o}\0".encode())
+                digest.update(path.read_bytes())
+            built = _docker("image", "inspect", "-f", "{{index .Config.Labels \"%s\"}}" % CONTEXT_LABEL, tag,
+                            check=False).stdout.strip()
+            if built != digest.hexdigest():
+                _docker("build", "-q", "-t", tag, "--label", f"{CONTEXT_LABEL}={digest.hexdigest()}",
+                        "--build-arg", f"BASE_IMAGE={HOST_IMAGE}", "--build-arg", "RELEASE=test", context, timeout=1800)
     return tag
 
 
