@@ -245,14 +245,15 @@ def build_context(service: str, folder: Path) -> None:
 
 def build_image(service: str) -> str:
     """Build services/<service> from the host image as BASE_IMAGE, as the build playbook would; its tag.
-    The image is labelled with a digest of its build context and reused while the context is the same, so
-    a session (or another checkout on this machine) never runs an image of other sources."""
+    The image is labelled with a digest of its build context and base image, and reused while both are the
+    same, so a session (or another checkout on this machine) never runs an image of other sources."""
     tag = f"{PREFIX}/{service}:test"
     with os.fdopen(_private(STATE_DIR / f"{PREFIX}-build-{service}.lock"), "r+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         with tempfile.TemporaryDirectory(prefix=f"{PREFIX}-{service}-") as context:
             build_context(service, Path(context))
-            digest = hashlib.sha256()
+            # The base image's id too: a rebuilt host image must rebuild the service's image.
+            digest = hashlib.sha256(_docker("image", "inspect", "-f", "{{.Id}}", HOST_IMAGE).stdout.encode())
             for path in sorted(p for p in Path(context).rglob("*") if p.is_file()):
                 digest.update(f"{path.relative_to(context)}\0{path.stat().st_mode & 0o777:o}\0".encode())
                 digest.update(path.read_bytes())
