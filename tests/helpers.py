@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -9,7 +10,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -158,14 +159,45 @@ def host_clock(exec_on: Callable[..., str], host: str) -> str:
     return exec_on(host, "date", "+%s.%N").strip()
 
 
-def worker_events(exec_on: Callable[..., str], host: str, since: str, service: str) -> list[tuple[str, str, str]]:
-    """The host's Docker events of the service's containers since `since` (host_clock's answer): (action,
-    container name, exit code) in order; the stream ends at the host's clock now."""
-    until = host_clock(exec_on, host)
-    lines = exec_on(host, "docker", "events", "--since", since, "--until", until, "--filter", "type=container",
-                    "--filter", f"label=org.fleetdeploy.service={service}",
-                    "--format", "{{.Action}} {{.Actor.Attributes.name}} {{.Actor.Attributes.exitCode}}").splitlines()
-    return [tuple((line.split() + ["", ""])[:3]) for line in lines if line.split()[0] in ("start", "kill", "die")]
+ContainerEvent = tuple[str, str, str]  # (action, container name, exit code or "")
+_EVENTS_FORMAT = ('{{.TimeNano}} {{.Action}} {{index .Actor.Attributes "org.fleetdeploy.service"}} '
+                  '{{.Actor.Attributes.name}} {{index .Actor.Attributes "exitCode"}}')
+
+
+@contextlib.contextmanager
+def container_events(exec_on: Callable[..., str], hosts: list[str]) -> Iterator[dict[tuple[str, str], list[ContainerEvent]]]:
+    """The start, kill and die events of the deployed containers on each host while the block runs, in
+    order, as {(host, service): [(action, container name, exit code), ...]} (filled when the block ends).
+
+    Each host runs a live `docker events` for the whole block. Asking afterwards (`--since`) reads the
+    engine's memory of its last 256 events, which the containers' HEALTHCHECK runs (three events each)
+    and a deploy can outgrow: the first events of the window are then missing (CI once saw a worker's
+    start without the die before it). A stream that ends early (the engine restarted) is reported as such,
+    with what it printed, instead of as missing events."""
+    log = f"/tmp/fd-events-{os.getpid()}-{time.monotonic_ns()}.log"
+    streams = {}
+    for host in hosts:
+        streams[host] = exec_on(host, "sh", "-c", 'docker events --since "$1" --filter type=container '
+                                '--filter label=org.fleetdeploy.service --format "$2" > "$3" 2>&1 & echo $!',
+                                "sh", host_clock(exec_on, host), _EVENTS_FORMAT, log).strip()
+    found: dict[tuple[str, str], list[ContainerEvent]] = {}
+    try:
+        yield found
+    except BaseException:
+        for host, pid in streams.items():
+            exec_on(host, "sh", "-c", 'kill "$1"; rm -f "$2"', "sh", pid, log)
+        raise
+    for host, pid in streams.items():
+        until = int(host_clock(exec_on, host).replace(".", ""))
+        time.sleep(1)  # what happened until now reaches the stream
+        alive = exec_on(host, "sh", "-c", 'kill "$1" && echo stopped || echo gone', "sh", pid).strip()
+        lines = exec_on(host, "sh", "-c", 'cat "$1"; rm -f "$1"', "sh", log).splitlines()
+        assert alive == "stopped", f"{host}: the docker events stream ended before the block did: {lines[-5:]}"
+        for line in lines:
+            fields = (line.split() + ["", ""])[:5]
+            assert fields[0].isdigit(), f"{host}: docker events printed {line!r}"
+            if int(fields[0]) <= until and fields[1] in ("start", "kill", "die"):
+                found.setdefault((host, fields[2]), []).append((fields[1], fields[3], fields[4]))
 
 
 TOOLS_CACHE = REPO / ".cache" / "prometheus-tools"

@@ -24,7 +24,7 @@ import httpx
 import pytest
 
 from app_traffic import PARCEL, AppTraffic, Traffic, sign_in
-from helpers import REPO, SLOT_SUFFIX, Run, host_clock, link_group_vars, playbook, slot_port, worker_events
+from helpers import REPO, SLOT_SUFFIX, Run, container_events, link_group_vars, playbook, slot_port
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -206,10 +206,10 @@ def test_v1_to_v2_of_every_service_on_three_hosts_keeps_sessions_uploads_and_ans
     cookie = f"sessionid={before_session.cookies['sessionid']}"
     search = before_session.get("/postcode/search", params={"code": "80"}).json()
     parcel = before_session.get(f"/tracking/parcels/{QUIET_PARCEL}").json()
-    since = {host: host_clock(lab.exec, host) for host in lab.app_hosts()}
 
     traffic_since = time.time()
-    with AppTraffic(HTTP_PORT, "demo", lab.password(), rate=RATE, connections=CONNECTIONS) as traffic:
+    with (container_events(lab.exec, lab.app_hosts()) as events,
+          AppTraffic(HTTP_PORT, "demo", lab.password(), rate=RATE, connections=CONNECTIONS) as traffic):
         time.sleep(3)  # steady state first
         run = lab.play("deploy.yml", release="v2")
         time.sleep(2)
@@ -227,9 +227,12 @@ def test_v1_to_v2_of_every_service_on_three_hosts_keeps_sessions_uploads_and_ans
         assert (status, json.loads(me)) == (200, {"username": "demo"}), (host, me[:200])
         status, content = lab.on_host(host, download, cookie)
         assert status == 200 and hashlib.sha256(content).hexdigest() == hashlib.sha256(body).hexdigest(), (host, status)
-        worker = worker_events(lab.exec, host, since[host], "tracking-worker")
+        worker = events.get((host, "tracking-worker"), [])
+        # On a failure, the workers' own last words: why one died or started again.
         assert [(action, name) for action, name, _ in worker] == [
-            ("start", "tracking-worker-b"), ("kill", "tracking-worker-a"), ("die", "tracking-worker-a")], (host, worker)
+            ("start", "tracking-worker-b"), ("kill", "tracking-worker-a"), ("die", "tracking-worker-a")], (
+            host, worker, lab.exec(host, "journalctl", "-q", "-o", "cat", "-n", "30", f"--since=@{int(traffic_since) - 60}",
+                                   "CONTAINER_NAME=tracking-worker-a", "+", "CONTAINER_NAME=tracking-worker-b"))
         assert worker[-1][2] == "0", (host, worker)  # a clean exit on SIGTERM, not a SIGKILL (137)
     # Every upload the traffic made during the deploy is there too, byte for byte (by its stored sha256).
     for path, digest in list(traffic.uploads.items())[:20]:

@@ -28,8 +28,8 @@ import yaml
 
 from console_server import CONSOLE, Server, chromium_page, sign_in, start_server
 from fleetdeploy.loadgen import LoadGenerator, Result
-from helpers import (DEMO_SERVICES, REPO, SLOT_SUFFIX, VENV_BIN, Run, env, host_clock, link_demo_group_vars, playbook,
-                     slot_port, worker_events)
+from helpers import (DEMO_SERVICES, REPO, SLOT_SUFFIX, VENV_BIN, Run, container_events, env, link_demo_group_vars,
+                     playbook, slot_port)
 from helpers import run as run_command
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
@@ -460,18 +460,18 @@ def test_a_worker_starts_before_its_old_copy_stops_and_a_singleton_never_runs_tw
         # Every host at once (a batch of 100%): only workers change, which no host drains for.
         lab.play("deploy.yml", release="v1", deploy_services=with_workers, deploy_release_overrides={"demo": "v2"},
                  deploy_serial="100%").check()
-        since = {host: host_clock(lab.exec, host) for host in lab.app_hosts()}
-        run, load = lab.under_load("deploy.yml", release="v2", deploy_services=with_workers, deploy_serial="100%")
+        with container_events(lab.exec, lab.app_hosts()) as events:
+            run, load = lab.under_load("deploy.yml", release="v2", deploy_services=with_workers, deploy_serial="100%")
         run.check()
         assert_no_failures(load)
         for host in lab.app_hosts():
-            consumer = worker_events(lab.exec, host, since[host], "consumer")
+            consumer = events.get((host, "consumer"), [])
             assert [(action, name) for action, name, _ in consumer] == [
                 ("start", "consumer-b"), ("kill", "consumer-a"), ("die", "consumer-a")], (host, consumer)
             assert consumer[-1][2] == "0", (host, consumer)  # a clean exit on SIGTERM, not a SIGKILL (137)
             running = lab.exec(host, "docker", "ps", "--filter", "label=org.fleetdeploy.service=scheduler",
                                "--format", "{{.Names}} {{.Label \"org.fleetdeploy.release\"}}").split("\n")
-            scheduler = worker_events(lab.exec, host, since[host], "scheduler")
+            scheduler = events.get((host, "scheduler"), [])
             if host == "app1":
                 assert running[0] == "scheduler-b v2", running
                 assert [(action, name) for action, name, _ in scheduler] == [
