@@ -169,11 +169,10 @@ def container_events(exec_on: Callable[..., str], hosts: list[str]) -> Iterator[
     """The start, kill and die events of the deployed containers on each host while the block runs, in
     order, as {(host, service): [(action, container name, exit code), ...]} (filled when the block ends).
 
-    Each host runs a live `docker events` for the whole block. Asking afterwards (`--since`) reads the
-    engine's memory of its last 256 events, which the containers' HEALTHCHECK runs (three events each)
-    and a deploy can outgrow: the first events of the window are then missing (CI once saw a worker's
-    start without the die before it). A stream that ends early (the engine restarted) is reported as such,
-    with what it printed, instead of as missing events."""
+    Each host runs a live `docker events` for the whole block. Asking afterwards (`--since`) reads only the
+    engine's memory of its last 256 events (each HEALTHCHECK run is three), and what an engine restarted
+    meanwhile remembers: CI once saw an old worker's start with no die before it, which neither way can
+    explain afterwards. A stream that ends early (the engine stopped) fails naming it, with what it printed."""
     log = f"/tmp/fd-events-{os.getpid()}-{time.monotonic_ns()}.log"
     streams = {}
     for host in hosts:
