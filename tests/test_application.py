@@ -3,8 +3,9 @@
 data host, under traffic that mixes pages, the API, search and tracking, GETs and POSTs, signed in, with
 uploads (tests/app_traffic.py). All traffic goes to 127.0.0.1 or into the lab's own containers.
 
-The lab (lab_name fdapp, LB on 127.0.0.1:26080) has no monitor host. Release v1 is the services as they
-are in this checkout; v2 is the same sources plus a tracking migration that adds a column to the table
+The lab (lab_name fdapp, LB on 127.0.0.1:26080) has no monitor host. It starts with two app hosts; the
+third joins under traffic, as a host the fleet gains does. Release v1 is the services as they are in this
+checkout; v2 is the same sources plus a tracking migration that adds a column to the table
 the traffic writes (the expand step of docs/deploy.md), built by the production build playbook from a copy
 of services/ (build_allow_dirty: the copy is not a git tree).
 """
@@ -16,6 +17,7 @@ import json
 import re
 import shutil
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -134,7 +136,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory):
     # The local environment's group_vars as they are (a developer's own vault.yml left out): the application.
     link_group_vars(lab.inventory)
     playbook("playbooks/lab_destroy.yml", extra_vars=lab.lab_vars(1)).check()
-    playbook("playbooks/lab.yml", extra_vars=lab.lab_vars(3)).check()
+    playbook("playbooks/lab.yml", extra_vars=lab.lab_vars(2)).check()
     lab.play("site.yml").check()
     lab.play("playbooks/build.yml", release="v1", build_allow_dirty=True).check()
     lab.play("playbooks/build.yml", release="v2", build_allow_dirty=True,
@@ -190,6 +192,38 @@ def test_every_service_answers_on_its_own_prefix_from_every_host(lab: AppLab) ->
         assert status == 200 and b"Hannover" in body, (host, body[:300])
 
 
+SERVICES = ("web", "tracking", "tracking-worker", "postcode")
+
+
+def test_a_new_app_host_runs_every_service_at_the_fleets_release_before_it_takes_traffic(lab: AppLab) -> None:
+    """Issue 18's fourth acceptance, by the lab's join path (docs/lab.md, "Growing the lab"): under traffic,
+    the lab gains app3, and site.yml limited to it and the hosts that must know it (the load balancer and the
+    data host; `--limit`, as join.yml readies an instance in AWS) provisions it, starts every service at
+    the release app1 runs, and only then lets it into HAProxy. No request fails; the first request app3's
+    nginx passes on comes after its last service was recorded running, and it serves every route."""
+    traffic_since = time.time()
+    with AppTraffic(HTTP_PORT, "demo", lab.password(), rate=RATE, connections=CONNECTIONS) as traffic:
+        time.sleep(3)  # steady state first
+        playbook("playbooks/lab.yml", extra_vars=lab.lab_vars(3)).check()
+        run = lab.play("site.yml", "--limit", "app3:lb:data")
+        time.sleep(5)  # traffic on the grown fleet
+    run.check()
+    assert_no_failures(traffic, lab, traffic_since)
+    assert lab.app_hosts() == ["app1", "app2", "app3"]
+    records = {service: json.loads(lab.exec("app3", "cat", f"/var/lib/fleetdeploy/releases/{service}.json"))
+               for service in SERVICES}
+    assert {service: record["current"] for service, record in records.items()} == dict.fromkeys(SERVICES, "v1"), records
+    ready = max(datetime.fromisoformat(record["history"][-1]["time"].removesuffix("Z") + "+00:00")
+                for record in records.values())
+    log = [json.loads(line) for line in lab.exec("app3", "cat", "/var/log/nginx/access.log").splitlines() if line]
+    proxied = [entry for entry in log if entry["remote_addr"] != "127.0.0.1"]
+    assert proxied, "app3 took no traffic"
+    # The log's time has whole seconds.
+    assert datetime.fromisoformat(proxied[0]["time"]) >= ready.replace(microsecond=0), (ready, proxied[0])
+    assert {entry["service"] for entry in proxied} >= {"web", "tracking", "postcode"}, proxied[-20:]
+    assert [entry for entry in proxied if entry["status"] >= 500] == []
+
+
 def test_v1_to_v2_of_every_service_on_three_hosts_keeps_sessions_uploads_and_answers(lab: AppLab) -> None:
     """Issue 18's first acceptance and issue 17's first and fourth: v1 -> v2 of web, tracking (API and
     worker) and postcode on three app hosts, with a migration adding a column to the table the traffic
@@ -220,7 +254,7 @@ def test_v1_to_v2_of_every_service_on_three_hosts_keeps_sessions_uploads_and_ans
     assert lab.psql("tracking", "SELECT column_name FROM information_schema.columns "
                                 "WHERE table_name = 'tracking_events' AND column_name = 'source'").strip() == "source"
     for host in lab.app_hosts():
-        for service in ("web", "tracking", "tracking-worker", "postcode"):
+        for service in SERVICES:
             record = json.loads(lab.exec(host, "cat", f"/var/lib/fleetdeploy/releases/{service}.json"))
             assert record["current"] == "v2", (host, service, record)
         status, me = lab.on_host(host, "/api/me", cookie)
