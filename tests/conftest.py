@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 # The scopes that take longest, longest first (measured in whole runs: the application's lab (site.yml on
-# six hosts, three image builds), the deploy tests' lab and its ~20
+# five hosts, three image builds, a sixth host joining), the deploy tests' lab and its ~20
 # tests, the Molecule scenarios, which tests/test_molecule.py already lists longest first, the AWS
 # playbooks against moto, the services' image builds). With --no-loadscope-reorder (pyproject.toml) loadscope
 # hands out scopes in collection order, so these start first and what is left for the end is short; by
