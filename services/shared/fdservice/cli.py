@@ -56,6 +56,13 @@ def answers_health(port: int, path: str = "/healthz") -> int:
         connection.close()
 
 
+# How long an idle keep-alive connection stays open. nginx keeps its idle upstream connections for 60 s
+# (keepalive_timeout's default) and reuses them; a server that closes one sooner (uvicorn's default is 5 s)
+# can close it just as nginx sends a request on it, and a POST, which nginx does not retry, fails with a
+# 502 ("Connection reset by peer while reading response header"). Seen once in the suite under load.
+KEEP_ALIVE_SECONDS = 75
+
+
 def serve(app: FastAPI, settings: ServiceSettings) -> int:
     """The API on settings.port. On SIGTERM uvicorn stops accepting, lets the requests in flight finish
     (at most settings.graceful_timeout seconds), then returns."""
@@ -63,6 +70,7 @@ def serve(app: FastAPI, settings: ServiceSettings) -> int:
 
     config = uvicorn.Config(app, host="0.0.0.0", port=settings.port, log_config=None,
                             access_log=False, server_header=False, proxy_headers=False,
+                            timeout_keep_alive=KEEP_ALIVE_SECONDS,
                             timeout_graceful_shutdown=settings.graceful_timeout)
     uvicorn.Server(config).run()  # installs its own SIGTERM/SIGINT handlers: stop accepting, drain, exit
     return 0

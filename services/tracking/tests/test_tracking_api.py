@@ -6,6 +6,9 @@ Built from the lab's Debian 12 host image as BASE_IMAGE, run as roles/app_releas
 
 from __future__ import annotations
 
+import http.client
+import select
+import socket
 import threading
 import time
 import uuid
@@ -103,6 +106,27 @@ def test_a_parcel_is_registered_its_events_recorded_and_its_history_read(api: te
     naive = http.post(f"/tracking/parcels/{code}/events", json={"status": "returned", "occurred_at": "2026-12-02T12:00:00"})
     assert naive.status_code == 422
     assert http.post("/tracking/parcels", json={"code": "a b"}).status_code == 422
+
+
+def test_an_idle_keep_alive_connection_outlives_uvicorns_default(api: testing.Container) -> None:
+    """nginx reuses its idle upstream connections for up to 60 s; a service that closed one after uvicorn's
+    default 5 s raced nginx's next request on it (a POST then failed with a 502). 6 s idle, the connection
+    is still open and answers (fdservice.cli.KEEP_ALIVE_SECONDS; a 6 s test, not a 61 s one)."""
+    assert api.port
+    conn = http.client.HTTPConnection("127.0.0.1", api.port, timeout=10)
+    try:
+        conn.request("GET", "/healthz")
+        first = conn.getresponse()
+        assert first.status == 200 and first.read(), "the first answer"
+        sock = conn.sock
+        time.sleep(6)
+        readable, _, _ = select.select([sock], [], [], 0)
+        assert not (readable and sock.recv(1, socket.MSG_PEEK) == b""), "the service closed the idle connection"
+        conn.request("GET", "/healthz")
+        second = conn.getresponse()
+        assert second.status == 200 and conn.sock is sock, "the second answer, on the same connection"
+    finally:
+        conn.close()
 
 
 def test_logs_are_json_lines_and_each_request_is_logged(api: testing.Container) -> None:
