@@ -175,26 +175,24 @@ def container_events(exec_on: Callable[..., str], hosts: list[str]) -> Iterator[
     explain afterwards. A stream that ends early (the engine stopped) fails naming it, with what it printed."""
     log = f"/tmp/fd-events-{os.getpid()}-{time.monotonic_ns()}.log"
     streams: dict[str, str] = {}
+    untils: dict[str, int] = {}
+    ended: dict[str, tuple[str, list[str]]] = {}
     found: dict[tuple[str, str], list[ContainerEvent]] = {}
-    outputs: dict[str, tuple[int, str, list[str]]] = {}
     try:
         for host in hosts:
             streams[host] = exec_on(host, "sh", "-c", 'docker events --since "$1" --filter type=container '
                                     '--filter label=org.fleetdeploy.service --format "$2" > "$3" 2>&1 & echo $!',
                                     "sh", host_clock(exec_on, host), _EVENTS_FORMAT, log).strip()
         yield found
-        for host in streams:
-            until = int(host_clock(exec_on, host).replace(".", ""))
-            time.sleep(1)  # what happened until now reaches the stream
-            outputs[host] = (until, "", [])
+        untils = {host: int(host_clock(exec_on, host).replace(".", "")) for host in streams}
+        time.sleep(1)  # what happened until now reaches the streams
     finally:
         # Every stream stopped and every log read and removed, whatever failed.
         for host, pid in streams.items():
             alive = exec_on(host, "sh", "-c", 'kill "$1" && echo stopped || echo gone', "sh", pid).strip()
-            lines = exec_on(host, "sh", "-c", 'cat "$1"; rm -f "$1"', "sh", log).splitlines()
-            if host in outputs:
-                outputs[host] = (outputs[host][0], alive, lines)
-    for host, (until, alive, lines) in outputs.items():
+            ended[host] = (alive, exec_on(host, "sh", "-c", 'cat "$1"; rm -f "$1"', "sh", log).splitlines())
+    for host, until in untils.items():
+        alive, lines = ended[host]
         assert alive == "stopped", f"{host}: the docker events stream ended before the block did: {lines[-5:]}"
         for line in lines:
             fields = (line.split() + ["", ""])[:5]

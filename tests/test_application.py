@@ -67,6 +67,10 @@ class AppLab:
     def exec(self, host: str, *cmd: str) -> str:
         return self.client.containers.get(f"{LAB}-lab-{host}").exec_run(list(cmd)).output.decode()
 
+    def record(self, host: str, service: str) -> dict[str, Any]:
+        """The host's release record of the service (roles/app_release), as test_deploy's Lab reads it."""
+        return json.loads(self.exec(host, "cat", f"/var/lib/fleetdeploy/releases/{service}.json"))
+
     def app_hosts(self) -> list[str]:
         found = self.client.containers.list(filters={"label": f"org.fleetdeploy.lab={LAB}"})
         return sorted(c.labels["org.fleetdeploy.host"] for c in found if c.labels["org.fleetdeploy.host"].startswith("app"))
@@ -210,8 +214,7 @@ def test_a_new_app_host_runs_every_service_at_the_fleets_release_before_it_takes
     run.check()
     assert_no_failures(traffic, lab, traffic_since)
     assert lab.app_hosts() == ["app1", "app2", "app3"]
-    records = {service: json.loads(lab.exec("app3", "cat", f"/var/lib/fleetdeploy/releases/{service}.json"))
-               for service in SERVICES}
+    records = {service: lab.record("app3", service) for service in SERVICES}
     assert {service: record["current"] for service, record in records.items()} == dict.fromkeys(SERVICES, "v1"), records
     # A record's history is newest first.
     ready = max(datetime.fromisoformat(record["history"][0]["time"].removesuffix("Z") + "+00:00")
@@ -258,7 +261,7 @@ def test_v1_to_v2_of_every_service_on_three_hosts_keeps_sessions_uploads_and_ans
                                 "WHERE table_name = 'tracking_events' AND column_name = 'source'").strip() == "source"
     for host in lab.app_hosts():
         for service in SERVICES:
-            record = json.loads(lab.exec(host, "cat", f"/var/lib/fleetdeploy/releases/{service}.json"))
+            record = lab.record(host, service)
             assert record["current"] == "v2", (host, service, record)
         status, me = lab.on_host(host, "/api/me", cookie)
         assert (status, json.loads(me)) == (200, {"username": "demo"}), (host, me[:200])
